@@ -1,0 +1,59 @@
+"""The layout of a run directory, and loading a trained encoder back from it.
+
+    MODEL_DIR/config.yaml      resolved config, written before step 0
+    MODEL_DIR/vocab.txt        the vocabulary the run tokenized with
+    MODEL_DIR/checkpoints/     tf.train.CheckpointManager checkpoints (ckpt-<step>)
+    MODEL_DIR/best/            the checkpoint with the best evaluation score, if evaluated
+    MODEL_DIR/summaries/       TensorBoard event files
+    MODEL_DIR/summary.json     what the run made and measured, written at the end
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from labse_tf import config as config_lib
+from labse_tf.model import build_encoder
+from labse_tf.preprocessing import Preprocessor
+
+__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "find_checkpoint", "load_run", "vocab_path"]
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+def vocab_path(model_dir: str) -> str:
+    return os.path.join(model_dir, "vocab.txt")
+
+
+def find_checkpoint(model_dir: str, checkpoint: str = "") -> str:
+    """The given checkpoint prefix, or the latest one in MODEL_DIR/checkpoints."""
+    if checkpoint:
+        if not tf.io.gfile.glob(checkpoint + ".index"):
+            raise FileNotFoundError(f"{checkpoint}: no such checkpoint (no {checkpoint}.index)")
+        return checkpoint
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if not latest:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint in {CHECKPOINT_DIR}/ "
+                                "(is this a labse_tf training run directory?)")
+    return latest
+
+
+def load_run(model_dir: str, checkpoint: str = "", seq_length: int | None = None
+             ) -> tuple[config_lib.Config, Preprocessor, keras.Model, str]:
+    """Rebuilds a run's preprocessor and encoder from its config, vocabulary and checkpoint.
+
+    Returns:
+      (config, preprocessor, encoder in fp32, checkpoint path).
+    """
+    config_file = os.path.join(model_dir, "config.yaml")
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"{model_dir}: no config.yaml (not a labse_tf run directory)")
+    cfg = config_lib.load_config(config_file)
+    path = find_checkpoint(model_dir, checkpoint)
+    preprocessor = Preprocessor(vocab_path(model_dir), lowercase=cfg.data.lowercase,
+                                seq_length=seq_length or cfg.data.seq_length)
+    encoder = build_encoder(cfg.model, preprocessor.vocab_size)
+    tf.train.Checkpoint(encoder=encoder).read(path).expect_partial().assert_existing_objects_matched()
+    return cfg, preprocessor, encoder, path

@@ -1,0 +1,279 @@
+"""Translation pairs: reading and checking files, language-smoothed sampling, tf.data.
+
+Pairs are read once into memory, grouped by language, with every malformed line skipped,
+counted and (the first few) reported as `file:line`. Training batches are then drawn with
+replacement, language first (p(lang) ∝ n_lang^alpha, LaBSE's smoothing so that small
+languages are seen), then a pair uniformly within it. The draw for step `s` depends only on
+`(seed, pipeline, s)`, so a resumed run continues the exact data stream it left.
+"""
+
+import collections
+import dataclasses
+import glob
+import gzip
+import os
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from labse_tf.preprocessing import Preprocessor
+
+__all__ = [
+    "DataError",
+    "Pairs",
+    "ReadStats",
+    "expand_paths",
+    "language_weights",
+    "pair_dataset",
+    "read_pairs",
+    "sample_corpus_path",
+    "text_dataset",
+    "write_tfrecord",
+]
+
+_TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
+
+
+class DataError(ValueError):
+    """Input data cannot be used: missing files, or nothing valid in them."""
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What reading found: valid pairs per language and malformed lines."""
+
+    pairs: dict = dataclasses.field(default_factory=collections.Counter)
+    malformed: int = 0
+    examples: list = dataclasses.field(default_factory=list)  # "file:line: why" strings
+
+    def summary(self) -> dict:
+        return {"pairs": int(sum(self.pairs.values())), "languages": len(self.pairs),
+                "malformed_lines": self.malformed, "malformed_examples": list(self.examples)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Translation pairs grouped by language, in first-seen order within each language."""
+
+    langs: tuple        # language codes, sorted
+    src: tuple          # per language, a tuple of source sentences
+    tgt: tuple          # per language, a tuple of target sentences
+
+    def counts(self) -> dict:
+        return {lang: len(s) for lang, s in zip(self.langs, self.src)}
+
+    def flat(self) -> tuple[list, list, list]:
+        """All pairs as parallel lists (lang, src, tgt)."""
+        langs, src, tgt = [], [], []
+        for lang, s, t in zip(self.langs, self.src, self.tgt):
+            langs += [lang] * len(s)
+            src += s
+            tgt += t
+        return langs, src, tgt
+
+    def shard(self, num_shards: int, index: int) -> "Pairs":
+        """Every `num_shards`-th pair of each language; languages left empty are dropped."""
+        kept = [(l, s[index::num_shards], t[index::num_shards])
+                for l, s, t in zip(self.langs, self.src, self.tgt) if len(s) > index]
+        return Pairs(*map(tuple, zip(*kept))) if kept else Pairs((), (), ())
+
+
+def sample_corpus_path(split: str = "train") -> str:
+    """Path of the sample corpus shipped with the package (`train` or `heldout`)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data", f"{split}.tsv")
+
+
+def expand_paths(patterns: Iterable[str]) -> list[str]:
+    """Expands paths and globs; a path that does not exist or a glob with no match is an error."""
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise DataError(f"{pattern}: the pattern matches no file")
+        for path in matches:
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: no such file")
+        paths += matches
+    if not paths:
+        raise DataError("no input files given")
+    return paths
+
+
+def _file_language(path: str) -> str:
+    """Language of a file without a language column: its name up to the first dot."""
+    return os.path.basename(path).split(".")[0]
+
+
+def _tsv_records(path: str) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            yield number, line.rstrip(b"\r\n")
+
+
+def _parse_tsv_line(raw: bytes, default_lang: str) -> tuple[str, str, str]:
+    """(lang, src, tgt) from one line; raises ValueError saying what is wrong."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
+    fields = line.split("\t")
+    if len(fields) == 2:
+        lang, src, tgt = default_lang, *fields
+    elif len(fields) == 3:
+        lang, src, tgt = fields
+    else:
+        raise ValueError(f"expected 2 or 3 tab-separated fields, got {len(fields)}")
+    lang, src, tgt = lang.strip(), src.strip(), tgt.strip()
+    for name, value in (("language", lang), ("source", src), ("target", tgt)):
+        if not value:
+            raise ValueError(f"empty {name} field")
+    return lang, src, tgt
+
+
+def _tfrecord_records(path: str) -> Iterator[tuple[int, bytes]]:
+    for number, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), 1):
+        yield number, record
+
+
+def _parse_example(record: bytes, default_lang: str) -> tuple[str, str, str]:
+    example = tf.train.Example.FromString(record)
+    features = example.features.feature
+
+    def text(key: str, required: bool) -> str:
+        if key not in features:
+            if required:
+                raise ValueError(f"missing feature {key!r}")
+            return default_lang
+        values = features[key].bytes_list.value
+        if len(values) != 1:
+            raise ValueError(f"feature {key!r} must hold one string, got {len(values)}")
+        try:
+            value = values[0].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"feature {key!r}: invalid UTF-8 at byte {e.start}") from None
+        if not value:
+            raise ValueError(f"feature {key!r} is empty")
+        return value
+
+    return text("lang", False), text("src_raw", True), text("tgt_raw", True)
+
+
+def read_pairs(patterns: Iterable[str], *, report: int = 5,
+               log: Callable[[str], None] = print) -> tuple[Pairs, ReadStats]:
+    """Reads translation pairs from TSV (plain or .gz) and TFRecord files.
+
+    TSV lines are `src<TAB>tgt` (the language is the file name up to its first dot) or
+    `lang<TAB>src<TAB>tgt`. TFRecord files hold tf.train.Example records with string
+    features `src_raw`, `tgt_raw` and optionally `lang`. Malformed lines or records are
+    skipped and counted; the first `report` are logged as `file:line: why`.
+
+    Args:
+      patterns: paths or globs.
+      report: int. Malformed lines logged individually.
+      log: callable. Where reports go.
+
+    Returns:
+      (pairs, stats).
+
+    Raises:
+      DataError: a path is missing, a glob matches nothing, or no valid pair was found.
+    """
+    grouped = collections.defaultdict(lambda: ([], []))
+    stats = ReadStats()
+    for path in expand_paths(patterns):
+        is_tfrecord = path.endswith(_TFRECORD_SUFFIXES)
+        records = _tfrecord_records(path) if is_tfrecord else _tsv_records(path)
+        parse = _parse_example if is_tfrecord else _parse_tsv_line
+        default_lang = _file_language(path)
+        for number, raw in records:
+            if not is_tfrecord and not raw.strip():
+                continue  # blank lines carry nothing
+            try:
+                lang, src, tgt = parse(raw, default_lang)
+            except ValueError as e:
+                stats.malformed += 1
+                if len(stats.examples) < report:
+                    message = f"{path}:{number}: skipped malformed {'record' if is_tfrecord else 'line'}: {e}"
+                    stats.examples.append(message)
+                    log(message)
+                continue
+            grouped[lang][0].append(src)
+            grouped[lang][1].append(tgt)
+            stats.pairs[lang] += 1
+    if stats.malformed > len(stats.examples):
+        log(f"... {stats.malformed} malformed lines skipped in all")
+    if not grouped:
+        raise DataError(f"no valid translation pair in {list(patterns)}")
+    langs = tuple(sorted(grouped))
+    return Pairs(langs, tuple(tuple(grouped[l][0]) for l in langs),
+                 tuple(tuple(grouped[l][1]) for l in langs)), stats
+
+
+def language_weights(counts: Sequence[int], alpha: float) -> np.ndarray:
+    """Sampling probabilities p_i ∝ n_i^alpha (alpha=1: proportional, 0: uniform)."""
+    counts = np.asarray(counts, np.float64)
+    if np.any(counts <= 0):
+        raise ValueError(f"every language needs at least one pair, got counts {counts}")
+    weights = counts ** alpha
+    return weights / weights.sum()
+
+
+def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, alpha: float,
+                 seed: int, start_step: int = 0, seq_length: int | None = None) -> tf.data.Dataset:
+    """An endless dataset of tokenized batches of translation pairs.
+
+    Args:
+      pairs: Pairs. The pairs this input pipeline draws from (already sharded).
+      preprocessor: Preprocessor. Tokenizes and packs both sides.
+      batch_size: int. Pairs per batch (per replica under a strategy).
+      alpha: float. Language smoothing exponent.
+      seed: int. Seed of the draw; combine with the pipeline id under multi-worker.
+      start_step: int. Index of the first batch, so a resumed run continues its stream.
+      seq_length: int or None. Packed length; default the preprocessor's.
+
+    Returns:
+      tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
+      `[batch_size, seq_length]` tensors (token_ids, padding_mask, segment_ids).
+    """
+    counts = [len(s) for s in pairs.src]
+    log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
+    starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
+    sizes = tf.constant(counts, tf.float32)
+    _, src_all, tgt_all = pairs.flat()
+    src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
+
+    def draw(step):
+        # Stateless draws keyed on (seed, step): reproducible and resumable.
+        lang = tf.random.stateless_categorical(
+            log_p, batch_size, seed=tf.stack([tf.cast(seed, tf.int64), 2 * step]))[0]
+        u = tf.random.stateless_uniform([batch_size], seed=tf.stack([tf.cast(seed, tf.int64), 2 * step + 1]))
+        within = tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
+        index = tf.gather(starts, lang) + within
+        src, tgt = tf.gather(src_all, index), tf.gather(tgt_all, index)
+        return {"src": preprocessor(src, seq_length), "tgt": preprocessor(tgt, seq_length)}
+
+    return (tf.data.Dataset.counter(start=start_step)
+            .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def text_dataset(sentences: Sequence[str], preprocessor: Preprocessor, *, batch_size: int,
+                 seq_length: int | None = None) -> tf.data.Dataset:
+    """Sentences in order, tokenized in batches (the last one may be short), for embedding."""
+    return (tf.data.Dataset.from_tensor_slices(tf.constant(list(sentences), tf.string))
+            .batch(batch_size)
+            .map(lambda s: preprocessor(s, seq_length), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
+    """Writes tf.train.Example records of string features (e.g. src_raw, tgt_raw, lang)."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for row in rows:
+            feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[v.encode("utf-8") if isinstance(v, str) else v])) for k, v in row.items()}
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=feature)).SerializeToString())

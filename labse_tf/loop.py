@@ -1,0 +1,176 @@
+"""The outer training loop shared by dual-encoder training and pre-training.
+
+It owns what every run needs besides its step: several steps per tf.function call,
+checkpoints every N steps (and resuming from them), TensorBoard summaries, a progress
+line, a stop on a non-finite loss that keeps the last good checkpoint, and periodic
+evaluation with a copy of the best checkpoint.
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Callable, Iterator, Sequence
+
+import tensorflow as tf
+
+from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR
+
+__all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "run_loop"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving."""
+
+
+@dataclasses.dataclass
+class LoopResult:
+    step: int
+    metrics: dict
+    evals: list
+    checkpoint: str
+    best_checkpoint: str | None
+    seconds: float
+
+
+def compile_loop(strategy: tf.distribute.Strategy, step_fn: Callable, metric_names: Sequence[str]):
+    """A tf.function running `num_steps` replica steps and returning their mean metrics.
+
+    Args:
+      strategy: tf.distribute.Strategy.
+      step_fn: callable. Per-replica step on one batch, returning a dict of scalars that
+        contains every name in `metric_names` (already equal across replicas or not).
+      metric_names: names of the metrics to average over replicas and steps.
+    """
+
+    @tf.function
+    def loop(iterator, num_steps):
+        sums = {k: tf.constant(0.0) for k in metric_names}
+        for _ in tf.range(num_steps):
+            out = strategy.run(step_fn, args=(next(iterator),))
+            sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.MEAN, out[k], axis=None)
+                    for k in metric_names}
+        return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
+
+    return loop
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds))) if math.isfinite(seconds) else "?"
+
+
+def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step: tf.Variable,
+             model_dir: str, total_steps: int, steps_per_loop: int, checkpoint_every: int,
+             keep_checkpoints: int, examples_per_step: int, learning_rate: Callable[[], float],
+             evaluate: Callable[[int], dict] | None = None, eval_every: int = 0,
+             eval_key: str = "", log: Callable[[str], None] = print,
+             stop_at: int | None = None, is_chief: bool = True) -> LoopResult:
+    """Runs `loop` until `step` reaches `total_steps` (or `stop_at`), checkpointing as it goes.
+
+    The caller restores `checkpoint` before building `iterator` (the data stream depends on
+    the start step), so this function only continues from `step`.
+
+    Args:
+      loop: from compile_loop.
+      iterator: distributed iterator over training batches.
+      checkpoint: tf.train.Checkpoint holding everything to save (including `step`).
+      step: int64 tf.Variable. Steps done so far.
+      model_dir: str. Run directory.
+      total_steps: int. Final step of the run.
+      steps_per_loop: int. Steps per tf.function call.
+      checkpoint_every: int. Checkpoint interval in steps.
+      keep_checkpoints: int. Checkpoints kept.
+      examples_per_step: int. Global batch size, for throughput.
+      learning_rate: callable. The current learning rate, for logging.
+      evaluate: callable or None. Step → dict of metrics; run every `eval_every` steps
+        (and at the end).
+      eval_every: int. 0 = evaluate only at the end.
+      eval_key: str. Metric that selects the best checkpoint (higher is better).
+      log: callable. Progress output.
+      stop_at: int or None. Stop early at this step (a stage of a longer schedule).
+      is_chief: bool. Under multi-worker training only the chief writes into model_dir;
+        the other workers join every save (it is collective) into a scratch directory.
+
+    Returns:
+      LoopResult.
+    """
+    write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="labse_tf_worker_")
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), max_to_keep=keep_checkpoints,
+        step_counter=step)
+    best_manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(write_dir, BEST_DIR), max_to_keep=1, step_counter=step)
+    writer = (tf.summary.create_file_writer(os.path.join(model_dir, "summaries")) if is_chief
+              else tf.summary.create_noop_writer())
+    end = min(total_steps, stop_at or total_steps)
+    start_step, start_time = int(step.numpy()), time.time()
+    metrics, evals, best = {}, [], _best_score(model_dir)
+
+    def run_eval(at: int):
+        nonlocal best
+        result = evaluate(at)
+        evals.append({"step": at, **result})
+        with writer.as_default(step=at):
+            for k, v in result.items():
+                if isinstance(v, (int, float)):
+                    tf.summary.scalar(f"eval/{k}", v)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        log(f"eval at step {at}: {shown}")
+        score = result.get(eval_key)
+        if eval_key and score is not None and (best is None or score > best):
+            best = score
+            best_manager.save(checkpoint_number=at)
+            with open(os.path.join(write_dir, BEST_DIR, "score.json"), "w") as f:
+                json.dump({"step": at, eval_key: score}, f)
+
+    while int(step.numpy()) < end:
+        now = int(step.numpy())
+        # Never run past a checkpoint or evaluation boundary inside one call.
+        boundaries = [end, (now // checkpoint_every + 1) * checkpoint_every, now + steps_per_loop]
+        if evaluate and eval_every:
+            boundaries.append((now // eval_every + 1) * eval_every)
+        num_steps = min(boundaries) - now
+        tick = time.time()
+        metrics = {k: float(v) for k, v in loop(iterator, tf.constant(num_steps)).items()}
+        elapsed = time.time() - tick
+        if not all(math.isfinite(v) for v in metrics.values()):
+            latest = manager.latest_checkpoint
+            raise NonFiniteLossError(
+                f"non-finite metrics {metrics} in steps {now + 1}..{now + num_steps}; stopped "
+                f"without saving. Last good checkpoint: {latest or 'none'}. Lower "
+                "train.learning_rate or use train.precision=fp32/bf16.")
+        step.assign_add(num_steps)
+        now += num_steps
+        rate = examples_per_step * num_steps / max(elapsed, 1e-9)
+        metrics.update(learning_rate=learning_rate(), examples_per_second=rate)
+        with writer.as_default(step=now):
+            for k, v in metrics.items():
+                tf.summary.scalar(f"train/{k}", v)
+        done = time.time() - start_time
+        eta = done / max(now - start_step, 1) * (end - now)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                          if k not in ("learning_rate", "examples_per_second"))
+        if is_chief:
+            log(f"step {now}/{total_steps}  {shown}  lr {metrics['learning_rate']:.2e}  "
+                f"pairs/s {rate:.1f}  ETA {_format_eta(eta)}")
+        if now % checkpoint_every == 0 or now == end:
+            manager.save(checkpoint_number=now)
+        if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps):
+            run_eval(now)
+    writer.flush()
+    return LoopResult(step=int(step.numpy()), metrics=metrics, evals=evals,
+                      checkpoint=manager.latest_checkpoint,
+                      best_checkpoint=best_manager.latest_checkpoint,
+                      seconds=time.time() - start_time)
+
+
+def _best_score(model_dir: str):
+    """The best evaluation score saved by an earlier (resumed) part of this run."""
+    path = os.path.join(model_dir, BEST_DIR, "score.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return next(v for k, v in json.load(f).items() if k != "step")

@@ -1,0 +1,270 @@
+r"""Trains a LaBSE dual encoder on translation pairs.
+
+    python -m labse_tf.train                      # the embedded demo: tiny config, sample corpus
+    python -m labse_tf.train --config=small --strategy=tpu --tpu=NAME \
+        --model_dir=gs://bucket/run --train_data='gs://bucket/pairs/*.tsv.gz'
+
+Why an explicit loop instead of Keras `fit`: the cross-replica gather needs replica context
+and exact gradients; `fit` under MirroredStrategy cannot run several steps per call, breaks
+on nested inputs under MultiWorkerMirroredStrategy, and XLA-compiles across devices. Here
+the order is fixed and readable: strategy → data → model/optimizer → restore → step → loop
+→ export.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, vocab
+from labse_tf.gradients import compute_gradients, seed_generators
+from labse_tf.loop import NonFiniteLossError, compile_loop, run_loop
+from labse_tf.model import build_encoder, encoder_dtype_policy
+from labse_tf.optimization import build_optimizer
+from labse_tf.preprocessing import Preprocessor
+
+FLAGS = flags.FLAGS
+
+DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
+
+
+def define_flags():
+    """Flags shared with labse_tf.pretrain."""
+    flags.DEFINE_string("config", "tiny", "YAML config file, or the name of one in configs/.")
+    flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.steps=500. "
+                              "Repeatable.")
+    flags.DEFINE_enum("strategy", "cpu", distribute.STRATEGIES, "cpu: one device; mirrored: all "
+                      "local GPUs or --cpu_replicas logical CPUs; multi_worker: TF_CONFIG; tpu.")
+    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+    flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: split the CPU into this "
+                         "many logical replicas (tests the multi-replica path without GPUs).")
+    flags.DEFINE_string("model_dir", DEFAULT_MODEL_DIR, "Run directory: config, vocabulary, "
+                        "checkpoints, summaries, export. An existing run is resumed.")
+    flags.DEFINE_multi_string("train_data", None, "Translation pairs: TSV (src<TAB>tgt or "
+                              "lang<TAB>src<TAB>tgt, plain or .gz) or TFRecord files, globs "
+                              "allowed. Repeatable. Default: the sample corpus shipped with "
+                              "labse_tf.")
+
+
+def define_train_flags():
+    flags.DEFINE_multi_string("eval_data", None, "Held-out pairs; retrieval accuracy within "
+                              "them is evaluated every train.eval_every steps and at the end. "
+                              "Default: the sample held-out pairs when training on the sample "
+                              "corpus.")
+    flags.DEFINE_string("eval_tatoeba_dir", "", "Tatoeba directory evaluated like --eval_data.")
+    flags.DEFINE_string("init_checkpoint", "", "A labse_tf.pretrain run directory (or "
+                        "checkpoint) whose encoder and vocabulary initialise this run.")
+    flags.DEFINE_bool("export", True, "Export TF Hub / TF Serving SavedModels at the end.")
+    flags.DEFINE_string("export_dir", "", "Where to export; default MODEL_DIR/export.")
+
+
+def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=print):
+    """Reads the data, settles the vocabulary and writes the resolved config (before step 0).
+
+    Returns:
+      (cfg with vocab fields resolved, pairs, read stats, preprocessor).
+    """
+    pairs, stats = data.read_pairs(train_patterns, report=cfg.data.report_malformed, log=log)
+    log(f"training data: {stats.summary()['pairs']} pairs in {len(pairs.langs)} languages, "
+        f"{stats.malformed} malformed lines skipped")
+    os.makedirs(model_dir, exist_ok=True)
+    vocab_file = checkpoints.vocab_path(model_dir)
+    if cfg.data.vocab_file and os.path.abspath(cfg.data.vocab_file) != os.path.abspath(vocab_file):
+        if not os.path.exists(cfg.data.vocab_file):
+            raise config_lib.ConfigError(f"data.vocab_file: no such file {cfg.data.vocab_file!r}")
+        shutil.copyfile(cfg.data.vocab_file, vocab_file)
+    elif not os.path.exists(vocab_file):
+        log(f"building a {cfg.data.build_vocab_size}-token vocabulary from the training data")
+        sample = vocab.sample_sentences(pairs, cfg.data.alpha, 400_000, cfg.train.seed)
+        vocab.write_vocab(vocab.build_vocab([s for g in sample.values() for s in g],
+                                            cfg.data.build_vocab_size,
+                                            lowercase=cfg.data.lowercase), vocab_file)
+    preprocessor = Preprocessor(vocab_file, lowercase=cfg.data.lowercase,
+                                seq_length=cfg.data.seq_length)
+    if cfg.model.vocab_size not in (0, preprocessor.vocab_size):
+        raise config_lib.ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} but {vocab_file} has "
+            f"{preprocessor.vocab_size} tokens (set 0 to take it from the file)")
+    cfg = config_lib.override(cfg, [f"model.vocab_size={preprocessor.vocab_size}",
+                                    f"data.vocab_file={os.path.abspath(vocab_file)}"])
+    _check_compatible(cfg, model_dir)
+    config_lib.write_config(cfg, model_dir)
+    return cfg, pairs, stats, preprocessor
+
+
+def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
+    """A resumed run must keep the encoder shape its checkpoints were saved with."""
+    path = os.path.join(model_dir, "config.yaml")
+    if not os.path.exists(path) or not tf.train.latest_checkpoint(
+            os.path.join(model_dir, checkpoints.CHECKPOINT_DIR)):
+        return
+    old = config_lib.load_config(path)
+    if old.model != cfg.model:
+        raise config_lib.ConfigError(
+            f"{path}: this run's model section differs from the checkpoints' "
+            f"({old.model} vs {cfg.model}); use a new --model_dir")
+
+
+def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
+    """A distributed iterator of per-replica batches, each input pipeline on its own shard."""
+    replicas = strategy.num_replicas_in_sync
+    if cfg.train.global_batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
+            f"{replicas} replicas")
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        shard = pairs.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        return data.pair_dataset(
+            shard, preprocessor, batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
+            alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
+            start_step=start_step)
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def make_train_step(encoder, optimizer, cfg):
+    """The per-replica step: gradients of the global-batch loss, then one update."""
+    forward = lambda inputs: encoder(inputs, training=True)["embedding"]
+    if cfg.train.jit_compile:
+        forward = tf.function(forward, jit_compile=True)
+
+    generators = seed_generators(encoder) if cfg.train.chunk_size else ()
+
+    def step(batch):
+        grads, metrics = compute_gradients(forward, encoder.trainable_variables, batch,
+                                           cfg.loss, optimizer=optimizer,
+                                           chunk_size=cfg.train.chunk_size, generators=generators)
+        optimizer.apply(grads, encoder.trainable_variables)
+        return metrics
+
+    return step
+
+
+def _eval_fn(cfg, preprocessor, encoder, eval_sets, log):
+    """Retrieval accuracy on held-out pairs and Tatoeba, macro-averaged over languages."""
+    embed_fn = evaluate.encoder_embed_fn(preprocessor, encoder)
+
+    def run(step):
+        result = {}
+        for name, pairs in eval_sets.items():
+            scores = [evaluate.pair_retrieval(embed_fn, s, t)["mean"]
+                      for s, t in zip(pairs.src, pairs.tgt)]
+            result[f"{name}_accuracy"] = float(np.mean(scores))
+        return result
+
+    return run
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def init_from_pretrained(encoder, init_path: str, log=print) -> str:
+    """Copies a pre-trained encoder's weights (shapes must match) into `encoder`."""
+    path = init_path
+    if os.path.isdir(init_path):
+        path = checkpoints.find_checkpoint(init_path)
+    tf.train.Checkpoint(encoder=encoder).read(path).expect_partial().assert_existing_objects_matched()
+    log(f"initialised the encoder from {path}")
+    return path
+
+
+def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
+          eval_sets: dict | None = None, init_checkpoint: str = "", log=print) -> dict:
+    """Trains (or resumes) a run; returns the run summary (also written as summary.json)."""
+    keras.utils.set_random_seed(cfg.train.seed)
+    is_chief = _is_chief(strategy)
+    if init_checkpoint:
+        init_vocab = checkpoints.vocab_path(init_checkpoint if os.path.isdir(init_checkpoint)
+                                            else os.path.dirname(os.path.dirname(init_checkpoint)))
+        cfg = config_lib.override(cfg, [f"data.vocab_file={init_vocab}"])
+    cfg, pairs, stats, preprocessor = prepare_run(cfg, model_dir, train_patterns, log)
+    with strategy.scope():
+        encoder = build_encoder(cfg.model, preprocessor.vocab_size, cfg.train.precision)
+        optimizer = build_optimizer(cfg.optimizer, learning_rate=cfg.train.learning_rate,
+                                    total_steps=cfg.train.steps, precision=cfg.train.precision)
+        optimizer.build(encoder.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(encoder=encoder, optimizer=optimizer, step=step)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpoints.CHECKPOINT_DIR))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log(f"resumed from {latest} at step {int(step.numpy())}")
+    elif init_checkpoint:
+        init_from_pretrained(encoder, init_checkpoint, log)
+    log(f"encoder: {encoder.count_params():,} parameters, {cfg.model.num_layers} layers, "
+        f"hidden {cfg.model.hidden_dim}, vocabulary {preprocessor.vocab_size}; "
+        f"{strategy.num_replicas_in_sync} replica(s), precision {cfg.train.precision}")
+    iterator = distributed_pairs(strategy, pairs, preprocessor, cfg, int(step.numpy()))
+    step_fn = make_train_step(encoder, optimizer, cfg)
+    names = ["loss", "src_to_tgt_accuracy"] + (["tgt_to_src_accuracy"] if cfg.loss.bidirectional else [])
+    loop = compile_loop(strategy, step_fn, names)
+    eval_sets = eval_sets or {}
+    evaluate_fn = _eval_fn(cfg, preprocessor, encoder, eval_sets, log) if eval_sets else None
+    result = run_loop(
+        loop=loop, iterator=iterator, checkpoint=checkpoint, step=step, model_dir=model_dir,
+        total_steps=cfg.train.steps, steps_per_loop=cfg.train.steps_per_loop,
+        checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
+        examples_per_step=cfg.train.global_batch_size,
+        learning_rate=lambda: float(optimizer.learning_rate),
+        evaluate=evaluate_fn, eval_every=cfg.train.eval_every,
+        eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "", log=log,
+        is_chief=is_chief)
+    summary = {
+        "model_dir": os.path.abspath(model_dir), "step": result.step,
+        "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,
+        "final_metrics": result.metrics, "evaluations": result.evals,
+        "data": stats.summary(), "seconds": round(result.seconds, 1),
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    if is_chief:
+        with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, ensure_ascii=False)
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, cpu_replicas=FLAGS.cpu_replicas)
+    train_patterns = FLAGS.train_data or [data.sample_corpus_path("train")]
+    eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
+    eval_sets = {}
+    if eval_patterns:
+        eval_sets["heldout"], _ = data.read_pairs(eval_patterns)
+    if FLAGS.eval_tatoeba_dir:
+        tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
+        eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
+    log = lambda msg: print(msg, flush=True)
+    try:
+        summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
+                        train_patterns=train_patterns, eval_sets=eval_sets,
+                        init_checkpoint=FLAGS.init_checkpoint, log=log)
+    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    log(f"run directory: {summary['model_dir']}")
+    log(f"checkpoint:    {summary['checkpoint']}")
+    for entry in summary["evaluations"][-1:]:
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in entry.items() if k.endswith("accuracy"))
+        log(f"retrieval at step {entry['step']}: {shown}")
+    log(f"summary:       {os.path.join(summary['model_dir'], 'summary.json')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    define_train_flags()
+    app.run(main)
