@@ -14,6 +14,7 @@ import gzip
 import os
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+import keras_hub
 import numpy as np
 import tensorflow as tf
 
@@ -25,6 +26,7 @@ __all__ = [
     "ReadStats",
     "expand_paths",
     "language_weights",
+    "masked_lm_dataset",
     "pair_dataset",
     "read_pairs",
     "sample_corpus_path",
@@ -277,3 +279,67 @@ def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
                 value=[v.encode("utf-8") if isinstance(v, str) else v])) for k, v in row.items()}
             writer.write(tf.train.Example(
                 features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int,
+                      alpha: float, seed: int, tlm_fraction: float, mask_rate: float,
+                      mask_token_rate: float, random_token_rate: float, max_predictions: int,
+                      start_step: int = 0, seq_length: int | None = None) -> tf.data.Dataset:
+    """An endless dataset of masked MLM and TLM examples, built inside the tf.data graph.
+
+    Pairs are drawn exactly as `pair_dataset` draws them. Each example is, with
+    probability `tlm_fraction`, TLM: the pair packed as `[CLS] src [SEP] tgt [SEP]` with
+    segment ids 0 then 1; otherwise MLM: one side of the pair, picked at random, as
+    `[CLS] sentence [SEP]`. Then `mask_rate` of the wordpieces (rounded up, at most
+    `max_predictions`; never [CLS], [SEP] or padding) are selected, and of those
+    `mask_token_rate` become [MASK], `random_token_rate` a random token and the rest
+    stay as they are (BERT's 80/10/10), by tensorflow-text's masking ops.
+
+    Args:
+      pairs: Pairs. The pairs this input pipeline draws from (already sharded).
+      preprocessor: Preprocessor. Tokenizes and packs.
+      batch_size: int. Examples per batch (per replica under a strategy).
+      alpha: float. Language smoothing exponent.
+      seed: int. Seed of the draw of pairs and of the MLM/TLM choice.
+      tlm_fraction: float. Probability that an example is TLM.
+      mask_rate, mask_token_rate, random_token_rate: float. As described above.
+      max_predictions: int. Predictions per example, padded to this length.
+      start_step: int. Index of the first batch, so a resumed run continues its stream.
+      seq_length: int or None. Packed length; default the preprocessor's.
+
+    Returns:
+      tf.data.Dataset of dicts: int32 `[batch_size, seq_length]` token_ids (masked),
+      padding_mask, segment_ids; `[batch_size, max_predictions]` int32 mask_positions,
+      int32 mask_ids (the original tokens there) and float32 mask_weights (1 for a real
+      prediction, 0 for padding).
+    """
+    masker = keras_hub.layers.MaskedLMMaskGenerator(
+        preprocessor.vocab_size, mask_rate, preprocessor.mask_id,
+        mask_selection_length=max_predictions,
+        unselectable_token_ids=[preprocessor.pad_id, preprocessor.cls_id, preprocessor.sep_id],
+        mask_token_rate=mask_token_rate, random_token_rate=random_token_rate)
+    # pair_dataset with an identity "preprocessor" yields the drawn strings themselves.
+    strings = pair_dataset(pairs, lambda sentences, _: sentences, batch_size=batch_size,
+                           alpha=alpha, seed=seed, start_step=start_step)
+
+    def example(batch, step):
+        src, tgt = preprocessor.tokenize(batch["src"]), preprocessor.tokenize(batch["tgt"])
+        size = tf.shape(batch["src"])[0]
+        # A stream of randomness apart from pair_dataset's (seed, 2 step) and (seed, 2 step + 1).
+        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(seed, tf.int64), step]), 1)
+        is_tlm, is_src = tf.unstack(tf.random.stateless_uniform([2, size], seed=key))
+        tlm = preprocessor.bert_pack_inputs([src, tgt], seq_length)
+        # Row i of the MLM batch: src[i] or tgt[i], i.e. row i or size + i of [src; tgt].
+        side = tf.gather(tf.concat([src, tgt], 0),
+                         tf.range(size) + size * tf.cast(is_src >= 0.5, tf.int32))
+        mlm = preprocessor.bert_pack_inputs([side], seq_length)
+        packed = {k: tf.where(is_tlm[:, None] < tlm_fraction, tlm[k], mlm[k]) for k in tlm}
+        masked = masker(packed["token_ids"])
+        return {**packed, "token_ids": masked["token_ids"],
+                "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+                "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
+                "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
+
+    return (tf.data.Dataset.zip(strings, tf.data.Dataset.counter(start=start_step))
+            .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))

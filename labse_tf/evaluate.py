@@ -1,60 +1,182 @@
-"""Bitext retrieval evaluation from any embedding function."""
+r"""Bitext retrieval evaluation from any embedding function, and its command line.
 
+    python -m labse_tf.evaluate --model_dir=runs/demo --tatoeba_dir=../shared/data/tatoeba-dev
+    python -m labse_tf.evaluate --model=runs/demo/export --tatoeba_dir=DIR \
+        --langs=pol,ukr --margin=ratio --output=results.json
+
+An embedding function (EmbedFn) maps sentences to L2-normalised embeddings. It is built from
+an in-memory encoder (the training loop), from a training run's checkpoint, or from an
+exported model, so all three are measured by the same code.
+
+An export is loaded the TF Hub way (`hub.load`, with the tensorflow-text ops registered) and
+called through its `serving_default` signature (`text` → `embeddings`) rather than through
+the preprocessor and encoder Hub modules: the signature is what TF Serving answers with, so
+the numbers are those of the deployed model, with the export's own sequence length.
+"""
+
+import glob
+import json
+import os
+import sys
+import time
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the ops an exported preprocessor runs)
+from absl import app, flags, logging
 
+from labse_tf import checkpoints, mining
 from labse_tf.model import embed
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["EmbedFn", "encoder_embed_fn", "pair_retrieval", "retrieval_accuracy"]
+__all__ = ["EmbedFn", "embed_fn_from_export", "embed_fn_from_run", "encoder_embed_fn",
+           "evaluate_tatoeba", "format_table", "pair_retrieval", "read_lines", "read_tatoeba",
+           "retrieval_accuracy", "serving_version_dir"]
+
+FLAGS = flags.FLAGS
 
 # Sentences in, float32 `[n, dim]` L2-normalised embeddings out.
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
+# Seconds between progress lines while embedding a large set.
+_PROGRESS_SECONDS = 10.0
 
-def encoder_embed_fn(preprocessor: Preprocessor, encoder: keras.Model,
-                     batch_size: int = 256) -> EmbedFn:
+
+def _batched(run_batch: Callable[[tf.Tensor], tf.Tensor], dim: int, batch_size: int,
+             log: Callable[[str], None] | None) -> EmbedFn:
+    """An EmbedFn calling `run_batch` on `[batch_size]` string tensors, reporting progress."""
+
+    def embed_fn(sentences: Sequence[str]) -> np.ndarray:
+        sentences = list(sentences)
+        chunks, started = [], time.monotonic()
+        reported = started
+        for start in range(0, len(sentences), batch_size):
+            batch = tf.constant(sentences[start:start + batch_size], tf.string)
+            chunks.append(np.asarray(run_batch(batch), np.float32))
+            now = time.monotonic()
+            if log and now - reported > _PROGRESS_SECONDS:
+                done = start + len(chunks[-1])
+                log(f"  embedded {done:,}/{len(sentences):,} sentences "
+                    f"({done / (now - started):,.0f}/s)")
+                reported = now
+        return np.concatenate(chunks) if chunks else np.zeros([0, dim], np.float32)
+
+    return embed_fn
+
+
+def encoder_embed_fn(preprocessor: Preprocessor, encoder: keras.Model, batch_size: int = 256,
+                     log: Callable[[str], None] | None = None) -> EmbedFn:
     """An EmbedFn over an in-memory preprocessor and encoder (inference mode)."""
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def run(strings):
         return embed(encoder, preprocessor(strings), training=False)
 
-    def embed_fn(sentences: Sequence[str]) -> np.ndarray:
-        dim = encoder.output["embedding"].shape[-1]
-        chunks = [run(tf.constant(list(sentences[i:i + batch_size]), tf.string)).numpy()
-                  for i in range(0, len(sentences), batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros([0, dim], np.float32)
-
-    return embed_fn
+    return _batched(run, encoder.output["embedding"].shape[-1], batch_size, log)
 
 
-def retrieval_accuracy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Nearest-neighbour accuracy by cosine, both ways, for aligned rows a[i] ↔ b[i].
+def embed_fn_from_run(model_dir: str, checkpoint: str = "", *, batch_size: int = 256,
+                      log: Callable[[str], None] | None = None) -> EmbedFn:
+    """An EmbedFn of a training run's encoder at `checkpoint` (default: the latest)."""
+    _, preprocessor, encoder, _ = checkpoints.load_run(model_dir, checkpoint)
+    return encoder_embed_fn(preprocessor, encoder, batch_size, log)
+
+
+def serving_version_dir(path: str) -> str:
+    """The SavedModel directory for an export dir, its `serving/` dir, or a version dir.
+
+    Exports keep TF Serving versions as EXPORT_DIR/serving/<integer>/; the highest version is
+    the one TF Serving would serve, so it is the one chosen.
+    """
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    parent = os.path.join(path, "serving")
+    parent = parent if tf.io.gfile.isdir(parent) else path
+    names = tf.io.gfile.listdir(parent) if tf.io.gfile.isdir(parent) else []
+    versions = [int(n.rstrip("/")) for n in names if n.rstrip("/").isdigit()
+                and tf.io.gfile.exists(os.path.join(parent, n.rstrip("/"), "saved_model.pb"))]
+    if not versions:
+        raise FileNotFoundError(
+            f"{path}: not an export (expected EXPORT_DIR/serving/<version>/saved_model.pb, a "
+            "serving directory of <version>/ SavedModels, or a SavedModel directory)")
+    return os.path.join(parent, str(max(versions)))
+
+
+def embed_fn_from_export(export_dir: str, *, batch_size: int = 256,
+                         log: Callable[[str], None] | None = None) -> EmbedFn:
+    """An EmbedFn over an export's `serving_default` signature (`text` → `embeddings`).
+
+    Args:
+      export_dir: str. An export directory, its `serving/` directory or one version of it.
+      batch_size: int. Sentences per signature call.
+      log: optional progress printer.
+    """
+    # Imported here: tensorflow_hub loads tf_keras, which nothing else in training needs.
+    import tensorflow_hub as hub
+
+    path = serving_version_dir(export_dir)
+    model = hub.load(path)
+    signature = model.signatures.get("serving_default")
+    if signature is None:
+        raise ValueError(f"{path}: no serving_default signature "
+                         f"(has {sorted(model.signatures)})")
+    inputs = signature.structured_input_signature[1]
+    if set(inputs) != {"text"} or inputs["text"].dtype != tf.string:
+        raise ValueError(f"{path}: serving_default must take one string input `text`, "
+                         f"takes {inputs}")
+    if "embeddings" not in signature.structured_outputs:
+        raise ValueError(f"{path}: serving_default must return `embeddings`, returns "
+                         f"{sorted(signature.structured_outputs)}")
+
+    def run_batch(strings):
+        # Through `model`, so the loaded variables live as long as this function.
+        return model.signatures["serving_default"](text=strings)["embeddings"]
+
+    return _batched(run_batch, signature.structured_outputs["embeddings"].shape[-1],
+                    batch_size, log)
+
+
+def retrieval_accuracy(a: np.ndarray, b: np.ndarray, *, margin: str = "none",
+                       k: int = 4) -> tuple[float, float]:
+    """Retrieval accuracy both ways for aligned rows a[i] ↔ b[i].
+
+    Args:
+      a: float `[n, dim]`.
+      b: float `[n, dim]`.
+      margin: str. "none": nearest neighbour by cosine; "ratio": the best ratio margin
+        among the k nearest neighbours (see labse_tf.mining).
+      k: int. Neighbourhood size of the ratio margin.
 
     Returns:
-      (a→b, b→a): fraction of rows whose nearest neighbour on the other side is its pair.
+      (a→b, b→a): fraction of rows whose match on the other side is its pair.
     """
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    sims = a @ b.T
+    found = mining.best_matches(a, b, margin=margin, k=k)
     gold = np.arange(len(a))
-    return float(np.mean(sims.argmax(1) == gold)), float(np.mean(sims.argmax(0) == gold))
+    return float(np.mean(found.x2y == gold)), float(np.mean(found.y2x == gold))
 
 
-def pair_retrieval(embed_fn: EmbedFn, src: Sequence[str], tgt: Sequence[str]) -> dict:
+def pair_retrieval(embed_fn: EmbedFn, src: Sequence[str], tgt: Sequence[str], *,
+                   margin: str = "none", k: int = 4) -> dict:
     """Retrieval accuracy within a set of held-out pairs (src→tgt, tgt→src, mean)."""
-    s2t, t2s = retrieval_accuracy(embed_fn(src), embed_fn(tgt))
+    s2t, t2s = retrieval_accuracy(embed_fn(src), embed_fn(tgt), margin=margin, k=k)
     return {"src_to_tgt": s2t, "tgt_to_src": t2s, "mean": (s2t + t2s) / 2, "pairs": len(src)}
 
 
+def read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file without their line ends (bad bytes become U+FFFD)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
 def read_tatoeba(directory: str, langs: Sequence[str] = ()) -> dict:
-    """Reads `tatoeba.<xx>-eng.<xx>` / `tatoeba.<xx>-eng.eng` pairs: {lang: (xx, eng)}."""
-    import glob
-    import os
+    """Reads `tatoeba.<xx>-eng.<xx>` / `tatoeba.<xx>-eng.eng` pairs: {lang: (xx, eng)}.
+
+    Args:
+      directory: str. A directory in the LASER Tatoeba layout.
+      langs: language codes to read; default every language found.
+    """
     found = sorted(os.path.basename(p).split(".")[1].split("-")[0]
                    for p in glob.glob(os.path.join(directory, "tatoeba.*-eng.eng")))
     if not found:
@@ -65,11 +187,105 @@ def read_tatoeba(directory: str, langs: Sequence[str] = ()) -> dict:
     result = {}
     for lang in langs or found:
         base = os.path.join(directory, f"tatoeba.{lang}-eng")
-        with open(f"{base}.{lang}", encoding="utf-8", errors="replace") as f:
-            xx = [line.rstrip("\n") for line in f]
-        with open(f"{base}.eng", encoding="utf-8", errors="replace") as f:
-            eng = [line.rstrip("\n") for line in f]
+        xx, eng = read_lines(f"{base}.{lang}"), read_lines(f"{base}.eng")
         if len(xx) != len(eng):
             raise ValueError(f"{base}.{lang} has {len(xx)} lines but {base}.eng has {len(eng)}")
         result[lang] = (xx, eng)
     return result
+
+
+def evaluate_tatoeba(embed_fn: EmbedFn, tatoeba: dict, *, margin: str = "none", k: int = 4,
+                     log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Tatoeba retrieval accuracy per language and averaged over languages.
+
+    Args:
+      embed_fn: EmbedFn.
+      tatoeba: {lang: (xx sentences, eng sentences)}, as from `read_tatoeba`.
+      margin, k: see `retrieval_accuracy`.
+      log: progress printer.
+
+    Returns:
+      {mean_accuracy, mean_xx_to_eng, mean_eng_to_xx, languages: {lang: {xx_to_eng,
+      eng_to_xx, mean, pairs}}}; accuracies are fractions, means are over languages.
+    """
+    languages = {}
+    for lang, (xx, eng) in tatoeba.items():
+        log(f"embedding {lang}: {len(xx):,} pairs")
+        scores = pair_retrieval(embed_fn, xx, eng, margin=margin, k=k)
+        languages[lang] = {"xx_to_eng": scores["src_to_tgt"], "eng_to_xx": scores["tgt_to_src"],
+                           "mean": scores["mean"], "pairs": scores["pairs"]}
+    average = lambda key: float(np.mean([v[key] for v in languages.values()]))
+    return {"mean_accuracy": average("mean"), "mean_xx_to_eng": average("xx_to_eng"),
+            "mean_eng_to_xx": average("eng_to_xx"), "languages": languages}
+
+
+def format_table(results: dict) -> str:
+    """`evaluate_tatoeba` results as a fixed-width table in percent."""
+    lines = [f"{'language':<10}{'pairs':>8}{'xx→eng':>9}{'eng→xx':>9}{'mean':>9}"]
+    for lang, v in results["languages"].items():
+        lines.append(f"{lang:<10}{v['pairs']:>8,}{v['xx_to_eng']:>9.1%}{v['eng_to_xx']:>9.1%}"
+                     f"{v['mean']:>9.1%}")
+    lines.append(f"{'average':<10}{'':>8}{results['mean_xx_to_eng']:>9.1%}"
+                 f"{results['mean_eng_to_xx']:>9.1%}{results['mean_accuracy']:>9.1%}")
+    return "\n".join(lines)
+
+
+def define_model_flags():
+    """The flags that choose the model to embed with (shared with labse_tf.mine)."""
+    flags.DEFINE_string("model", None, "An export: EXPORT_DIR (its highest serving/<version>), "
+                        "a serving/ directory, or one SavedModel version directory.")
+    flags.DEFINE_string("model_dir", None, "A labse_tf.train run directory; its latest "
+                        "checkpoint is used unless --checkpoint is given.")
+    flags.DEFINE_string("checkpoint", "", "With --model_dir: a checkpoint prefix, e.g. "
+                        "RUN/best/ckpt-300.")
+    flags.DEFINE_integer("batch_size", 256, "Sentences per embedding call.", lower_bound=1)
+    flags.mark_flags_as_mutual_exclusive(["model", "model_dir"], required=True)
+
+
+def embed_fn_from_flags(log: Callable[[str], None]) -> tuple[EmbedFn, str]:
+    """The EmbedFn that the model flags choose, and the checkpoint or SavedModel it uses."""
+    if FLAGS.model_dir:
+        source = checkpoints.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint)
+        embed_fn = embed_fn_from_run(FLAGS.model_dir, source, batch_size=FLAGS.batch_size, log=log)
+    else:
+        source = serving_version_dir(FLAGS.model)
+        embed_fn = embed_fn_from_export(source, batch_size=FLAGS.batch_size, log=log)
+    log(f"model: {source}")
+    return embed_fn, source
+
+
+def _define_flags():
+    define_model_flags()
+    flags.DEFINE_string("tatoeba_dir", None, "Directory of tatoeba.<lang>-eng.<lang> and "
+                        "tatoeba.<lang>-eng.eng files (line-aligned).", required=True)
+    flags.DEFINE_list("langs", [], "Languages to evaluate; default every one in --tatoeba_dir.")
+    flags.DEFINE_enum("margin", "none", mining.MARGINS, "none: nearest neighbour by cosine; "
+                      "ratio: the best ratio margin among the --k nearest neighbours.")
+    flags.DEFINE_integer("k", 4, "Neighbourhood size of the ratio margin.", lower_bound=1)
+    flags.DEFINE_string("output", "tatoeba_results.json", "Where to write the results as JSON.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    log = lambda msg: print(msg, flush=True)
+    try:
+        tatoeba = read_tatoeba(FLAGS.tatoeba_dir, FLAGS.langs)
+        embed_fn, source = embed_fn_from_flags(log)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    results = {"model": source, "tatoeba_dir": os.path.abspath(FLAGS.tatoeba_dir),
+               "margin": FLAGS.margin, "k": FLAGS.k,
+               **evaluate_tatoeba(embed_fn, tatoeba, margin=FLAGS.margin, k=FLAGS.k, log=log)}
+    if os.path.dirname(FLAGS.output):
+        os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    log(format_table(results))
+    log(f"results: {os.path.abspath(FLAGS.output)}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

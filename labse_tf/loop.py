@@ -1,4 +1,4 @@
-"""The outer training loop shared by dual-encoder training and pre-training.
+"""The outer training loop and run set-up shared by dual-encoder training and pre-training.
 
 It owns what every run needs besides its step: several steps per tf.function call,
 checkpoints every N steps (and resuming from them), TensorBoard summaries, a progress
@@ -11,15 +11,22 @@ import datetime
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
+from absl import flags
 
+from labse_tf import checkpoints, config as config_lib, data, distribute, vocab
 from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR
+from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "run_loop"]
+__all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "define_run_flags", "prepare_run",
+           "run_loop"]
+
+DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -165,6 +172,71 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
                       checkpoint=manager.latest_checkpoint,
                       best_checkpoint=best_manager.latest_checkpoint,
                       seconds=time.time() - start_time)
+
+
+def define_run_flags():
+    """Flags every training command shares (train, pretrain)."""
+    flags.DEFINE_string("config", "tiny", "YAML config file, or the name of one in configs/.")
+    flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.steps=500. "
+                              "Repeatable.")
+    flags.DEFINE_enum("strategy", "cpu", distribute.STRATEGIES, "cpu: one device; mirrored: all "
+                      "local GPUs or --cpu_replicas logical CPUs; multi_worker: TF_CONFIG; tpu.")
+    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+    flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: split the CPU into this "
+                         "many logical replicas (tests the multi-replica path without GPUs).")
+    flags.DEFINE_string("model_dir", DEFAULT_MODEL_DIR, "Run directory: config, vocabulary, "
+                        "checkpoints, summaries, export. An existing run is resumed.")
+    flags.DEFINE_multi_string("train_data", None, "Translation pairs: TSV (src<TAB>tgt or "
+                              "lang<TAB>src<TAB>tgt, plain or .gz) or TFRecord files, globs "
+                              "allowed. Repeatable. Default: the sample corpus shipped with "
+                              "labse_tf.")
+
+
+def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=print):
+    """Reads the data, settles the vocabulary and writes the resolved config (before step 0).
+
+    Returns:
+      (cfg with vocab fields resolved, pairs, read stats, preprocessor).
+    """
+    pairs, stats = data.read_pairs(train_patterns, report=cfg.data.report_malformed, log=log)
+    log(f"training data: {stats.summary()['pairs']} pairs in {len(pairs.langs)} languages, "
+        f"{stats.malformed} malformed lines skipped")
+    os.makedirs(model_dir, exist_ok=True)
+    vocab_file = checkpoints.vocab_path(model_dir)
+    if cfg.data.vocab_file and os.path.abspath(cfg.data.vocab_file) != os.path.abspath(vocab_file):
+        if not os.path.exists(cfg.data.vocab_file):
+            raise config_lib.ConfigError(f"data.vocab_file: no such file {cfg.data.vocab_file!r}")
+        shutil.copyfile(cfg.data.vocab_file, vocab_file)
+    elif not os.path.exists(vocab_file):
+        log(f"building a {cfg.data.build_vocab_size}-token vocabulary from the training data")
+        sample = vocab.sample_sentences(pairs, cfg.data.alpha, 400_000, cfg.train.seed)
+        vocab.write_vocab(vocab.build_vocab([s for g in sample.values() for s in g],
+                                            cfg.data.build_vocab_size,
+                                            lowercase=cfg.data.lowercase), vocab_file)
+    preprocessor = Preprocessor(vocab_file, lowercase=cfg.data.lowercase,
+                                seq_length=cfg.data.seq_length)
+    if cfg.model.vocab_size not in (0, preprocessor.vocab_size):
+        raise config_lib.ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} but {vocab_file} has "
+            f"{preprocessor.vocab_size} tokens (set 0 to take it from the file)")
+    cfg = config_lib.override(cfg, [f"model.vocab_size={preprocessor.vocab_size}",
+                                    f"data.vocab_file={os.path.abspath(vocab_file)}"])
+    _check_compatible(cfg, model_dir)
+    config_lib.write_config(cfg, model_dir)
+    return cfg, pairs, stats, preprocessor
+
+
+def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
+    """A resumed run must keep the encoder shape its checkpoints were saved with."""
+    path = os.path.join(model_dir, "config.yaml")
+    if not os.path.exists(path) or not tf.train.latest_checkpoint(
+            os.path.join(model_dir, checkpoints.CHECKPOINT_DIR)):
+        return
+    old = config_lib.load_config(path)
+    if old.model != cfg.model:
+        raise config_lib.ConfigError(
+            f"{path}: this run's model section differs from the checkpoints' "
+            f"({old.model} vs {cfg.model}); use a new --model_dir")
 
 
 def _best_score(model_dir: str):

@@ -13,44 +13,20 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 
 import json
 import os
-import shutil
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, vocab
+from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, loop as loop_lib
 from labse_tf.gradients import compute_gradients, seed_generators
-from labse_tf.loop import NonFiniteLossError, compile_loop, run_loop
-from labse_tf.model import build_encoder, encoder_dtype_policy
+from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
+from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer
-from labse_tf.preprocessing import Preprocessor
 
 FLAGS = flags.FLAGS
-
-DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
-
-
-def define_flags():
-    """Flags shared with labse_tf.pretrain."""
-    flags.DEFINE_string("config", "tiny", "YAML config file, or the name of one in configs/.")
-    flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.steps=500. "
-                              "Repeatable.")
-    flags.DEFINE_enum("strategy", "cpu", distribute.STRATEGIES, "cpu: one device; mirrored: all "
-                      "local GPUs or --cpu_replicas logical CPUs; multi_worker: TF_CONFIG; tpu.")
-    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: split the CPU into this "
-                         "many logical replicas (tests the multi-replica path without GPUs).")
-    flags.DEFINE_string("model_dir", DEFAULT_MODEL_DIR, "Run directory: config, vocabulary, "
-                        "checkpoints, summaries, export. An existing run is resumed.")
-    flags.DEFINE_multi_string("train_data", None, "Translation pairs: TSV (src<TAB>tgt or "
-                              "lang<TAB>src<TAB>tgt, plain or .gz) or TFRecord files, globs "
-                              "allowed. Repeatable. Default: the sample corpus shipped with "
-                              "labse_tf.")
-
 
 def define_train_flags():
     flags.DEFINE_multi_string("eval_data", None, "Held-out pairs; retrieval accuracy within "
@@ -62,53 +38,6 @@ def define_train_flags():
                         "checkpoint) whose encoder and vocabulary initialise this run.")
     flags.DEFINE_bool("export", True, "Export TF Hub / TF Serving SavedModels at the end.")
     flags.DEFINE_string("export_dir", "", "Where to export; default MODEL_DIR/export.")
-
-
-def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=print):
-    """Reads the data, settles the vocabulary and writes the resolved config (before step 0).
-
-    Returns:
-      (cfg with vocab fields resolved, pairs, read stats, preprocessor).
-    """
-    pairs, stats = data.read_pairs(train_patterns, report=cfg.data.report_malformed, log=log)
-    log(f"training data: {stats.summary()['pairs']} pairs in {len(pairs.langs)} languages, "
-        f"{stats.malformed} malformed lines skipped")
-    os.makedirs(model_dir, exist_ok=True)
-    vocab_file = checkpoints.vocab_path(model_dir)
-    if cfg.data.vocab_file and os.path.abspath(cfg.data.vocab_file) != os.path.abspath(vocab_file):
-        if not os.path.exists(cfg.data.vocab_file):
-            raise config_lib.ConfigError(f"data.vocab_file: no such file {cfg.data.vocab_file!r}")
-        shutil.copyfile(cfg.data.vocab_file, vocab_file)
-    elif not os.path.exists(vocab_file):
-        log(f"building a {cfg.data.build_vocab_size}-token vocabulary from the training data")
-        sample = vocab.sample_sentences(pairs, cfg.data.alpha, 400_000, cfg.train.seed)
-        vocab.write_vocab(vocab.build_vocab([s for g in sample.values() for s in g],
-                                            cfg.data.build_vocab_size,
-                                            lowercase=cfg.data.lowercase), vocab_file)
-    preprocessor = Preprocessor(vocab_file, lowercase=cfg.data.lowercase,
-                                seq_length=cfg.data.seq_length)
-    if cfg.model.vocab_size not in (0, preprocessor.vocab_size):
-        raise config_lib.ConfigError(
-            f"model.vocab_size: {cfg.model.vocab_size} but {vocab_file} has "
-            f"{preprocessor.vocab_size} tokens (set 0 to take it from the file)")
-    cfg = config_lib.override(cfg, [f"model.vocab_size={preprocessor.vocab_size}",
-                                    f"data.vocab_file={os.path.abspath(vocab_file)}"])
-    _check_compatible(cfg, model_dir)
-    config_lib.write_config(cfg, model_dir)
-    return cfg, pairs, stats, preprocessor
-
-
-def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
-    """A resumed run must keep the encoder shape its checkpoints were saved with."""
-    path = os.path.join(model_dir, "config.yaml")
-    if not os.path.exists(path) or not tf.train.latest_checkpoint(
-            os.path.join(model_dir, checkpoints.CHECKPOINT_DIR)):
-        return
-    old = config_lib.load_config(path)
-    if old.model != cfg.model:
-        raise config_lib.ConfigError(
-            f"{path}: this run's model section differs from the checkpoints' "
-            f"({old.model} vs {cfg.model}); use a new --model_dir")
 
 
 def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
@@ -265,6 +194,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
+    define_run_flags()
     define_train_flags()
+    flags.adopt_module_key_flags(loop_lib)
     app.run(main)

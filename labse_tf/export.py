@@ -1,0 +1,304 @@
+r"""Exports a trained encoder as TF Hub and TF Serving SavedModels.
+
+    python -m labse_tf.export --model_dir=runs/demo            # → runs/demo/export
+    python -m labse_tf.export --model_dir=DIR --export_dir=OUT --seq_length=128 \
+        --checkpoint=DIR/checkpoints/ckpt-300
+
+What EXPORT_DIR holds:
+
+    preprocessor/       TF Hub BERT preprocessor: strings → {input_word_ids, input_mask,
+                        input_type_ids}; .tokenize; .bert_pack_inputs(segments, seq_length)
+    encoder/            TF Hub reusable SavedModel: __call__(inputs, training) → {default,
+                        pooled_output, sequence_output, encoder_outputs}; fine-tunable
+    serving/<version>/  TF Serving: signature `serving_default`, text [batch] → embeddings
+                        [batch, dim], with assets.extra/tf_serving_warmup_requests
+
+Every SavedModel here runs tensorflow-text ops: `import tensorflow_text` before loading.
+This file is the only place the TF Hub input names appear; the package uses keras-hub names.
+Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
+"""
+
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app, flags
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from labse_tf import checkpoints
+from labse_tf.model import INPUT_NAMES
+from labse_tf.preprocessing import Preprocessor
+
+__all__ = ["HUB_INPUT_NAMES", "MODEL_NAME", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY",
+           "WARMUP_FILE", "HubEncoder", "HubPreprocessor", "ServingModel", "export_model",
+           "next_version"]
+
+# The TF Hub BERT input names, in the order of model.INPUT_NAMES (token_ids, padding_mask,
+# segment_ids).
+HUB_INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+_HUB_TO_KERAS_HUB = dict(zip(HUB_INPUT_NAMES, INPUT_NAMES))
+
+SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default"
+SERVING_INPUT = "text"
+SERVING_OUTPUT = "embeddings"
+# The model name in export/models.config and in the warm-up requests.
+MODEL_NAME = "labse"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Warm-up batches of size 1 and 4: short, empty and long inputs, several scripts.
+_WARMUP_BATCHES = (
+    ("Hello world.",),
+    ("How are you?", "", "Wie geht es dir?", "Это длинное предложение. " * 40),
+)
+
+
+class HubPreprocessor(tf.Module):
+    """The TF Hub BERT preprocessor interface over a `Preprocessor`.
+
+    Renames the packed outputs to the TF Hub names and fixes the traced signatures; the
+    tokenization itself is the `Preprocessor`'s, so training and serving agree.
+    """
+
+    def __init__(self, preprocessor: Preprocessor, seq_length: int):
+        """Traces the calls a TF Hub preprocessor offers.
+
+        Args:
+          preprocessor: Preprocessor. The run's tokenizer (holds the vocabulary asset).
+          seq_length: int. Packed length of the root call and of `bert_pack_inputs` when
+            called without `seq_length`.
+        """
+        super().__init__(name="preprocessor")
+        self.preprocessor = preprocessor
+        self.seq_length = seq_length
+        ragged = tf.RaggedTensorSpec([None, None, None], tf.int32)
+        for num_segments in (1, 2):
+            segments = [ragged] * num_segments
+            self.bert_pack_inputs.get_concrete_function(segments)
+            self.bert_pack_inputs.get_concrete_function(segments, tf.TensorSpec([], tf.int32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, strings):
+        """`[batch]` strings → int32 `[batch, seq_length]` input_word_ids, input_mask, input_type_ids."""
+        return self.bert_pack_inputs([self.tokenize(strings)])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def tokenize(self, strings):
+        """`[batch]` strings → int32 wordpiece ids `[batch, (words), (pieces)]`."""
+        return self.preprocessor.tokenize(strings)
+
+    @tf.function
+    def bert_pack_inputs(self, segments, seq_length=None):
+        """One or two tokenized segments → `[CLS] a [SEP] (b [SEP])`, truncated round-robin.
+
+        Args:
+          segments: list of 1 or 2 int32 tf.RaggedTensor `[batch, (words), (pieces)]`.
+          seq_length: scalar int32 tensor. Packed length; default the export's seq_length.
+
+        Returns:
+          dict of int32 `[batch, seq_length]`: input_word_ids, input_mask, input_type_ids.
+        """
+        packed = self.preprocessor.bert_pack_inputs(
+            segments, self.seq_length if seq_length is None else seq_length)
+        return {hub: packed[name] for hub, name in _HUB_TO_KERAS_HUB.items()}
+
+
+class HubEncoder(tf.train.Checkpoint):
+    """A Keras encoder as a TF Hub reusable SavedModel object.
+
+    A `tf.train.Checkpoint`, not a `tf.Module`, because the convention needs `variables` and
+    `trainable_variables` as saved attributes, and `tf.Module` reserves those names for
+    computed properties. Keras 3 variables are not `tf.Variable`s: their `.value` is.
+
+    Attributes:
+      variables: list of tf.Variable. Every encoder variable (dropout seed states included).
+      trainable_variables: list of tf.Variable. What fine-tuning updates.
+      regularization_losses: list. Empty: the encoder has no weight regularisers (weight
+        decay, if any, lives in the training optimizer).
+    """
+
+    def __init__(self, encoder: keras.Model):
+        """Traces `__call__` for training=False and training=True.
+
+        Args:
+          encoder: keras.Model. From model.build_encoder (any precision).
+        """
+        super().__init__()
+        # A closure, so the Keras model itself is not tracked and saved: only its variables.
+        self._forward = lambda inputs, training: encoder(inputs, training=training)
+        self._max_length = encoder.get_layer("position_embedding").sequence_length
+        self.variables = [v.value for v in encoder.variables]
+        self.trainable_variables = [v.value for v in encoder.trainable_variables]
+        self.regularization_losses = []
+        spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in HUB_INPUT_NAMES}
+        for training in (False, True):
+            self.__call__.get_concrete_function(spec, training=training)
+
+    @tf.function
+    def __call__(self, inputs, training=False):
+        """Encodes packed inputs.
+
+        Args:
+          inputs: dict of int32 `[batch, seq_length]`: input_word_ids, input_mask,
+            input_type_ids (as the preprocessor returns them).
+          training: bool. True applies dropout (fine-tuning); False for inference.
+
+        Returns:
+          dict of float32: `default` and `pooled_output` (`[batch, dim]`, the L2-normalised
+          sentence embedding), `sequence_output` (`[batch, seq_length, dim]`, last layer's
+          token states) and `encoder_outputs` (list of `[batch, seq_length, dim]`, every
+          transformer layer's token states, the last equal to sequence_output).
+        """
+        _check_inputs(inputs)
+        seq_length = tf.shape(inputs["input_word_ids"])[1]
+        with tf.control_dependencies([tf.debugging.assert_less_equal(
+                seq_length, self._max_length,
+                message=f"encoder: seq_length exceeds the encoder's maximum {self._max_length}")]):
+            keras_inputs = {name: tf.identity(inputs[hub]) for hub, name in _HUB_TO_KERAS_HUB.items()}
+        outputs = self._forward(keras_inputs, training)
+        embedding = tf.cast(outputs["embedding"], tf.float32)
+        return {"default": embedding, "pooled_output": embedding,
+                "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
+                "encoder_outputs": [tf.cast(x, tf.float32) for x in outputs["encoder_outputs"]]}
+
+
+def _check_inputs(inputs) -> None:
+    """Raises a TypeError naming the expected and actual keys, dtype and rank."""
+    if not isinstance(inputs, dict) or sorted(inputs) != sorted(HUB_INPUT_NAMES):
+        got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+        raise TypeError(f"encoder: expected a dict with keys {list(HUB_INPUT_NAMES)}, got {got}")
+    for name in HUB_INPUT_NAMES:
+        x = inputs[name]
+        if x.dtype != tf.int32 or x.shape.rank != 2:
+            raise TypeError(f"encoder: input {name!r} must be tf.int32 of rank 2 [batch, "
+                            f"seq_length], got {x.dtype.name} of rank {x.shape.rank} "
+                            f"(shape {x.shape})")
+
+
+class ServingModel(tf.Module):
+    """Text → embedding in one graph, for TF Serving and `keras.layers.TFSMLayer`."""
+
+    def __init__(self, preprocessor: HubPreprocessor, encoder: HubEncoder):
+        super().__init__(name="serving")
+        self.preprocessor = preprocessor
+        self.encoder = encoder
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(self, text):
+        """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}."""
+        return {SERVING_OUTPUT: self.encoder(self.preprocessor(text), training=False)["default"]}
+
+
+def next_version(serving_dir: str) -> int:
+    """One more than the highest integer version in `serving_dir` (1 when there is none).
+
+    TF Serving serves the highest version by default, so a new export takes over.
+    """
+    if not tf.io.gfile.isdir(serving_dir):
+        return 1
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir)]
+    return max((int(name) for name in names if name.isdigit()), default=0) + 1
+
+
+def _write_warmup(path: str) -> None:
+    """Writes TF Serving warm-up requests: PredictionLog records in a TFRecord file."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in _WARMUP_BATCHES:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=SIGNATURE_KEY))
+            request.inputs[SERVING_INPUT].CopyFrom(tf.make_tensor_proto(list(batch), tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def _save(obj: tf.Module, path: str, signatures=None, warmup: bool = False) -> None:
+    """Saves into a temporary sibling, then moves it to `path` (replacing an old export).
+
+    A model server watching the parent directory never sees a half-written version: the
+    temporary name is not an integer.
+    """
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    for old in (tmp, path):
+        if tf.io.gfile.exists(old):
+            tf.io.gfile.rmtree(old)
+    tf.saved_model.save(obj, tmp, signatures=signatures)
+    if warmup:
+        _write_warmup(os.path.join(tmp, WARMUP_FILE))
+    tf.io.gfile.rename(tmp, path)
+
+
+def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: str, *,
+                 seq_length: int, version: int | None = None) -> dict[str, str]:
+    """Writes the preprocessor, encoder and serving SavedModels.
+
+    Args:
+      preprocessor: Preprocessor. The tokenizer the encoder was trained with.
+      encoder: keras.Model. From model.build_encoder, trained.
+      export_dir: str. Output directory (local or any tf.io.gfile path).
+      seq_length: int. Default packed length of the preprocessor and of serving; at most
+        the encoder's max_sequence_length.
+      version: int. Serving version directory; default `next_version(EXPORT_DIR/serving)`.
+        An existing version is never overwritten (a server may be serving it).
+
+    Returns:
+      {"preprocessor": path, "encoder": path, "serving": path} of what was written.
+    """
+    max_length = encoder.get_layer("position_embedding").sequence_length
+    if not 3 <= seq_length <= max_length:
+        raise ValueError(f"seq_length must be in [3, {max_length}] (the encoder's "
+                         f"max_sequence_length), got {seq_length}")
+    serving_dir = os.path.join(export_dir, "serving")
+    version = next_version(serving_dir) if version is None else version
+    paths = {"preprocessor": os.path.join(export_dir, "preprocessor"),
+             "encoder": os.path.join(export_dir, "encoder"),
+             "serving": os.path.join(serving_dir, str(version))}
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    if tf.io.gfile.exists(paths["serving"]):
+        raise FileExistsError(f"{paths['serving']}: serving version {version} exists; "
+                              "choose another version or leave it to the default")
+    hub_preprocessor = HubPreprocessor(preprocessor, seq_length)
+    hub_encoder = HubEncoder(encoder)
+    serving = ServingModel(hub_preprocessor, hub_encoder)
+    _save(hub_preprocessor, paths["preprocessor"])
+    _save(hub_encoder, paths["encoder"])
+    _save(serving, paths["serving"], signatures={SIGNATURE_KEY: serving.serve}, warmup=True)
+    return paths
+
+
+def define_flags():
+    """The command line's flags (not at import: train.py has flags of the same names)."""
+    flags.DEFINE_string("model_dir", None, "Training run directory (config.yaml, vocab.txt, "
+                        "checkpoints/).")
+    flags.DEFINE_string("export_dir", "", "Where to write; default MODEL_DIR/export.")
+    flags.DEFINE_integer("seq_length", 0, "Default packed length of the preprocessor and the "
+                         "serving model (users may pick another via bert_pack_inputs); 0: the "
+                         "run's data.seq_length.")
+    flags.DEFINE_string("checkpoint", "", "Checkpoint prefix to export, e.g. "
+                        "MODEL_DIR/best/ckpt-300; default the latest in MODEL_DIR/checkpoints.")
+    flags.DEFINE_integer("version", 0, "Serving version directory; 0: one more than the "
+                         "highest in EXPORT_DIR/serving.")
+    flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    try:
+        _, preprocessor, encoder, checkpoint = checkpoints.load_run(
+            FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
+        paths = export_model(preprocessor, encoder,
+                             FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"),
+                             seq_length=preprocessor.seq_length, version=FLAGS.version or None)
+    except (OSError, ValueError) as e:
+        sys.exit(f"labse_tf.export: {e}")
+    print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
