@@ -254,7 +254,10 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         within = tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
         index = tf.gather(starts, lang) + within
         src, tgt = tf.gather(src_all, index), tf.gather(tgt_all, index)
-        return {"src": preprocessor(src, seq_length), "tgt": preprocessor(tgt, seq_length)}
+        # Static shapes let gradient caching split the batch and XLA compile once.
+        shape = [batch_size, seq_length or preprocessor.seq_length]
+        return {side: {k: tf.ensure_shape(v, shape) for k, v in preprocessor(text, seq_length).items()}
+                for side, text in (("src", src), ("tgt", tgt))}
 
     return (tf.data.Dataset.counter(start=start_step)
             .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -291,7 +294,7 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
     probability `tlm_fraction`, TLM: the pair packed as `[CLS] src [SEP] tgt [SEP]` with
     segment ids 0 then 1; otherwise MLM: one side of the pair, picked at random, as
     `[CLS] sentence [SEP]`. Then `mask_rate` of the wordpieces (rounded up, at most
-    `max_predictions`; never [CLS], [SEP] or padding) are selected, and of those
+    `max_predictions`; never [CLS], [SEP], [UNK] or padding) are selected, and of those
     `mask_token_rate` become [MASK], `random_token_rate` a random token and the rest
     stay as they are (BERT's 80/10/10), by tensorflow-text's masking ops.
 
@@ -316,7 +319,8 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
     masker = keras_hub.layers.MaskedLMMaskGenerator(
         preprocessor.vocab_size, mask_rate, preprocessor.mask_id,
         mask_selection_length=max_predictions,
-        unselectable_token_ids=[preprocessor.pad_id, preprocessor.cls_id, preprocessor.sep_id],
+        unselectable_token_ids=[preprocessor.pad_id, preprocessor.cls_id, preprocessor.sep_id,
+                                preprocessor.unk_id],
         mask_token_rate=mask_token_rate, random_token_rate=random_token_rate)
     # pair_dataset with an identity "preprocessor" yields the drawn strings themselves.
     strings = pair_dataset(pairs, lambda sentences, _: sentences, batch_size=batch_size,

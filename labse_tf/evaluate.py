@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the ops an exported preprocessor runs)
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, mining
+from labse_tf import checkpoints, export, mining
 from labse_tf.model import embed
 from labse_tf.preprocessing import Preprocessor
 
@@ -118,25 +118,22 @@ def embed_fn_from_export(export_dir: str, *, batch_size: int = 256,
 
     path = serving_version_dir(export_dir)
     model = hub.load(path)
-    signature = model.signatures.get("serving_default")
-    if signature is None:
-        raise ValueError(f"{path}: no serving_default signature "
-                         f"(has {sorted(model.signatures)})")
-    inputs = signature.structured_input_signature[1]
-    if set(inputs) != {"text"} or inputs["text"].dtype != tf.string:
-        raise ValueError(f"{path}: serving_default must take one string input `text`, "
-                         f"takes {inputs}")
-    if "embeddings" not in signature.structured_outputs:
-        raise ValueError(f"{path}: serving_default must return `embeddings`, returns "
-                         f"{sorted(signature.structured_outputs)}")
+    if export.SIGNATURE_KEY not in model.signatures:
+        raise ValueError(f"{path}: no {export.SIGNATURE_KEY} signature (has "
+                         f"{sorted(model.signatures)}); is it the serving model of an export?")
+    signature = model.signatures[export.SIGNATURE_KEY]
+    inputs, outputs = signature.structured_input_signature[1], signature.structured_outputs
+    if set(inputs) != {export.SERVING_INPUT} or export.SERVING_OUTPUT not in outputs:
+        raise ValueError(f"{path}: {export.SIGNATURE_KEY} maps {sorted(inputs)} to "
+                         f"{sorted(outputs)}, expected {[export.SERVING_INPUT]} to "
+                         f"{[export.SERVING_OUTPUT]}")
 
     def run_batch(strings):
         # Through `model`, so the loaded variables live as long as this function.
-        return model.signatures["serving_default"](text=strings)["embeddings"]
+        serve = model.signatures[export.SIGNATURE_KEY]
+        return serve(**{export.SERVING_INPUT: strings})[export.SERVING_OUTPUT]
 
-    return _batched(run_batch, signature.structured_outputs["embeddings"].shape[-1],
-                    batch_size, log)
-
+    return _batched(run_batch, outputs[export.SERVING_OUTPUT].shape[-1], batch_size, log)
 
 def retrieval_accuracy(a: np.ndarray, b: np.ndarray, *, margin: str = "none",
                        k: int = 4) -> tuple[float, float]:

@@ -4,8 +4,8 @@ r"""Mines translation pairs between two monolingual files with the ratio margin.
     python -m labse_tf.mine --model_dir=runs/demo --src=de.txt --tgt=en.txt --out=pairs.tsv \
         --gold=gold.tsv --threshold=1.06 --k=4 --strategy=intersect
 
-Each file holds one sentence a line; blank lines are skipped and repeated lines are embedded
-once. The output has one pair a line, `score<TAB>src<TAB>tgt`, by decreasing score, keeping
+Each file holds one sentence a line (no tabs); blank lines are skipped and repeated lines are
+embedded once. The output has one pair a line, `score<TAB>src<TAB>tgt`, by decreasing score, keeping
 the pairs whose ratio margin reaches --threshold. Similarities are searched in blocks of at
 most --block_mb, so files of any size fit in memory once their embeddings do.
 
@@ -26,6 +26,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
     evaluate.define_model_flags()
+    flags.adopt_module_key_flags(evaluate)  # so that --help lists --model and --model_dir
     flags.DEFINE_string("src", None, "Source sentences, one a line.", required=True)
     flags.DEFINE_string("tgt", None, "Target sentences, one a line.", required=True)
     flags.DEFINE_string("out", None, "Output TSV: score<TAB>src<TAB>tgt.", required=True)
@@ -36,8 +37,9 @@ def _define_flags():
                       "best source (backward). max: both lists, then a one-to-one alignment "
                       "greedily from the highest score; intersect: only pairs found in both "
                       "directions.")
-    flags.DEFINE_float("block_mb", 256.0, "Memory for one block of similarities, in MiB.",
-                       lower_bound=0.0)
+    flags.DEFINE_float("block_mb", 256.0, "Memory for one block of the neighbour search, in "
+                       "MiB: a block is as many sentences' similarities to every sentence of "
+                       "the other file as fit.", lower_bound=0.0)
     flags.DEFINE_string("gold", "", "True pairs, `src<TAB>tgt` a line, to score the mining.")
 
 

@@ -4,11 +4,11 @@ The ratio margin (Artetxe & Schwenk 2019, "Margin-based parallel corpus mining w
 multilingual sentence embeddings") divides a pair's cosine by the average cosine of each
 side's k nearest neighbours on the other side:
 
-    margin(x, y) = cos(x, y) / (Σ_{z ∈ NN_k(x)} cos(x, z) / 2k + Σ_{z ∈ NN_k(y)} cos(y, z) / 2k)
+    margin(x, y) = cos(x, y) / (Σ_{z∈NN_k(x)} cos(x, z) / 2k + Σ_{z∈NN_k(y)} cos(y, z) / 2k)
 
 so a "hub" sentence that is close to everything scores lower than a pair that stands out
 from its neighbourhoods. Similarities are computed a block of query rows at a time, so no
-function here holds an `[n, m]` matrix: memory stays `max_block_bytes` whatever the sizes.
+function here holds an `[n, m]` matrix: beyond the embeddings, memory is `max_block_bytes`.
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 __all__ = ["MARGINS", "STRATEGIES", "Matches", "best_matches", "best_threshold", "knn",
-           "mine", "normalize", "precision_recall_f1", "ratio_margin"]
+           "mine", "precision_recall_f1", "ratio_margin"]
 
 MARGINS = ("none", "ratio")
 STRATEGIES = ("max", "intersect")
@@ -27,7 +27,7 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 _BYTES_PER_SIMILARITY = 4 + 8
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
+def _normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (all-zero rows stay zero), as float32 `[n, dim]`."""
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -50,17 +50,17 @@ def knn(queries: np.ndarray, candidates: np.ndarray, k: int, *,
     """
     if len(candidates) == 0:
         raise ValueError("knn: there are no candidates to search")
-    queries, candidates = normalize(queries), normalize(candidates)
+    queries, candidates = _normalize(queries), _normalize(candidates)
     m = len(candidates)
     k = min(k, m)
     rows = max(1, max_block_bytes // (_BYTES_PER_SIMILARITY * m))
     sims = np.empty([len(queries), k], np.float32)
     ids = np.empty([len(queries), k], np.int64)
     for start in range(0, len(queries), rows):
-        block = queries[start:start + rows] @ candidates.T              # [rows, m]
-        top = np.argpartition(block, m - k, axis=1)[:, m - k:]          # [rows, k], unordered
+        block = queries[start:start + rows] @ candidates.T      # [rows, m]
+        top = np.argpartition(block, m - k, axis=1)[:, m - k:]  # [rows, k], unordered
         top_sims = np.take_along_axis(block, top, axis=1)
-        order = np.lexsort((top, -top_sims), axis=1)                  # equal cosines: lower index first
+        order = np.lexsort((top, -top_sims), axis=1)            # ties: lower index first
         sims[start:start + rows] = np.take_along_axis(top_sims, order, axis=1)
         ids[start:start + rows] = np.take_along_axis(top, order, axis=1)
     return sims, ids
