@@ -34,6 +34,8 @@ __all__ = ["HUB_INPUT_NAMES", "MODEL_NAME", "SERVING_INPUT", "SERVING_OUTPUT", "
            "WARMUP_FILE", "HubEncoder", "HubPreprocessor", "ServingModel", "export_model",
            "next_version"]
 
+FLAGS = flags.FLAGS
+
 # The TF Hub BERT input names, in the order of model.INPUT_NAMES (token_ids, padding_mask,
 # segment_ids).
 HUB_INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
@@ -78,7 +80,7 @@ class HubPreprocessor(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, strings):
-        """`[batch]` strings → int32 `[batch, seq_length]` input_word_ids, input_mask, input_type_ids."""
+        """`[batch]` strings → int32 `[batch, seq_length]` packed inputs (Hub names)."""
         return self.bert_pack_inputs([self.tokenize(strings)])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -149,11 +151,13 @@ class HubEncoder(tf.train.Checkpoint):
           transformer layer's token states, the last equal to sequence_output).
         """
         _check_inputs(inputs)
-        seq_length = tf.shape(inputs["input_word_ids"])[1]
-        with tf.control_dependencies([tf.debugging.assert_less_equal(
-                seq_length, self._max_length,
-                message=f"encoder: seq_length exceeds the encoder's maximum {self._max_length}")]):
-            keras_inputs = {name: tf.identity(inputs[hub]) for hub, name in _HUB_TO_KERAS_HUB.items()}
+        # Checked before the encoder runs: past the position table the error would be obscure.
+        too_long = tf.debugging.assert_less_equal(
+            tf.shape(inputs["input_word_ids"])[1], self._max_length,
+            message=f"encoder: seq_length must be at most max_sequence_length={self._max_length}")
+        with tf.control_dependencies([too_long]):
+            keras_inputs = {name: tf.identity(inputs[hub])
+                            for hub, name in _HUB_TO_KERAS_HUB.items()}
         outputs = self._forward(keras_inputs, training)
         embedding = tf.cast(outputs["embedding"], tf.float32)
         return {"default": embedding, "pooled_output": embedding,
@@ -212,7 +216,7 @@ def _write_warmup(path: str) -> None:
             writer.write(log.SerializeToString())
 
 
-def _save(obj: tf.Module, path: str, signatures=None, warmup: bool = False) -> None:
+def _save(obj, path: str, signatures=None, warmup: bool = False) -> None:
     """Saves into a temporary sibling, then moves it to `path` (replacing an old export).
 
     A model server watching the parent directory never sees a half-written version: the
@@ -250,11 +254,11 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
                          f"max_sequence_length), got {seq_length}")
     serving_dir = os.path.join(export_dir, "serving")
     version = next_version(serving_dir) if version is None else version
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
     paths = {"preprocessor": os.path.join(export_dir, "preprocessor"),
              "encoder": os.path.join(export_dir, "encoder"),
              "serving": os.path.join(serving_dir, str(version))}
-    if version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
     if tf.io.gfile.exists(paths["serving"]):
         raise FileExistsError(f"{paths['serving']}: serving version {version} exists; "
                               "choose another version or leave it to the default")
@@ -285,7 +289,6 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    FLAGS = flags.FLAGS
     try:
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
@@ -293,7 +296,8 @@ def main(argv):
                              FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
     except (OSError, ValueError) as e:
-        sys.exit(f"labse_tf.export: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")
     for kind, path in paths.items():
         print(f"  {kind}: {path}")

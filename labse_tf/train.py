@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, loop as loop_lib
+from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export
+from labse_tf import loop as loop_lib
 from labse_tf.gradients import compute_gradients, seed_generators
 from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
 from labse_tf.model import build_encoder
@@ -76,17 +77,19 @@ def make_train_step(encoder, optimizer, cfg):
     return step
 
 
+def _macro_retrieval(embed_fn, pairs: data.Pairs) -> float:
+    """Retrieval accuracy within each language's pairs (both directions), averaged."""
+    return float(np.mean([evaluate.pair_retrieval(embed_fn, s, t)["mean"]
+                          for s, t in zip(pairs.src, pairs.tgt)]))
+
+
 def _eval_fn(cfg, preprocessor, encoder, eval_sets, log):
     """Retrieval accuracy on held-out pairs and Tatoeba, macro-averaged over languages."""
     embed_fn = evaluate.encoder_embed_fn(preprocessor, encoder)
 
     def run(step):
-        result = {}
-        for name, pairs in eval_sets.items():
-            scores = [evaluate.pair_retrieval(embed_fn, s, t)["mean"]
-                      for s, t in zip(pairs.src, pairs.tgt)]
-            result[f"{name}_accuracy"] = float(np.mean(scores))
-        return result
+        return {f"{name}_accuracy": _macro_retrieval(embed_fn, pairs)
+                for name, pairs in eval_sets.items()}
 
     return run
 
@@ -190,7 +193,30 @@ def main(argv):
     for entry in summary["evaluations"][-1:]:
         shown = ", ".join(f"{k} {v:.1%}" for k, v in entry.items() if k.endswith("accuracy"))
         log(f"retrieval at step {entry['step']}: {shown}")
+    if FLAGS.export and _is_chief(strategy):
+        summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
+        with open(os.path.join(summary["model_dir"], "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, ensure_ascii=False)
     log(f"summary:       {os.path.join(summary['model_dir'], 'summary.json')}")
+
+
+def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:
+    """Exports the final checkpoint (in fp32) and scores the exported serving model."""
+    _, preprocessor, encoder, _ = checkpoints.load_run(model_dir)
+    paths = export.export_model(preprocessor, encoder,
+                                export_dir or os.path.join(model_dir, "export"),
+                                seq_length=preprocessor.seq_length)
+    for name, path in paths.items():
+        log(f"exported {name + ':':13s} {path}")
+    result = {"paths": paths}
+    if eval_sets:
+        # Score what users get: the serving signature of the export, on pairs not trained on.
+        embed_fn = evaluate.embed_fn_from_export(paths["serving"])
+        for name, pairs in eval_sets.items():
+            result[f"{name}_accuracy"] = _macro_retrieval(embed_fn, pairs)
+            log(f"exported model, {name} retrieval accuracy (mean of both directions, "
+                f"{len(pairs.langs)} languages): {result[f'{name}_accuracy']:.1%}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,478 @@
+"""Tests for labse_tf.export: the exported SavedModels, reloaded in a process without labse_tf.
+
+The export runs through the command line; one fresh Python process then loads it the ways
+users do (TF Hub layers, the serving signature, Keras 3 TFSMLayer, the TF Serving request
+protos, export/README.md's examples) and reports what it computed. The tests compare that
+with the in-memory model rebuilt from the same checkpoint.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from labse_tf import checkpoints, config as config_lib, export
+from labse_tf.model import INPUT_NAMES, build_encoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "export", "README.md")
+MODELS_CONFIG = os.path.join(ROOT, "export", "models.config")
+
+SEQ_LENGTH = 24  # the export's default; the run trained at 32
+SEQ_LENGTH_2 = 48  # chosen at call time through bert_pack_inputs
+ATOL = 1e-5  # loaded vs in-memory, float32 unit vectors
+SENTENCES = ["Hello world.", "How are you?", "Wie geht es dir?", "Je suis très content.",
+             "Это предложение не помещается в двадцать четыре токена. " * 4]
+# Each must embed to a finite unit vector.
+BAD = {"empty": b"", "whitespace": b"  \t\n ", "10k characters": ("word " * 2000).encode(),
+       "one 10k-character word": b"x" * 10000, "invalid UTF-8": b"ab\xff\xfe\xc3(cd",
+       "control characters": b"\x00\x01\x07\x1b\x7f",
+       "emoji and symbols": "😀 ☃ ∑ © ⊕ 🇩🇪".encode()}
+# A pair long enough that round-robin truncation at SEQ_LENGTH_2 cuts both segments.
+PAIR = (["one two three four five six seven eight nine ten " * 4, "short"],
+        ["eins zwei drei vier fünf sechs sieben acht neun zehn " * 4, "kurz"])
+
+
+def _readme_blocks() -> dict:
+    """export/README.md's code blocks, keyed by what they show."""
+    with open(README) as f:
+        text = f.read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    markers = {"hub": "encoder(preprocessor(", "pack": "bert_pack_inputs",
+               "finetune": "trainable=True", "keras3": "TFSMLayer",
+               "grpc": "PredictionServiceStub"}
+    found = {}
+    for key, marker in markers.items():
+        matching = [b for b in blocks if marker in b]
+        assert len(matching) == 1, f"README: expected one python block with {marker!r}"
+        found[key] = matching[0]
+    curl = re.search(r"curl .*?(http\S+).*?-d '(.*?)'", text, re.S)
+    found["rest_url"], found["rest_body"] = curl.group(1), curl.group(2)
+    return found
+
+
+# Runs in a fresh interpreter that cannot import labse_tf: only what users install.
+LOAD_SCRIPT = r'''
+import json, sys
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops, as users must)
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+import keras
+import tf_keras
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+
+with open(sys.argv[1]) as f:
+    spec = json.load(f)
+export_dir, blocks = spec["export_dir"], spec["blocks"]
+arrays, info = {}, {}
+
+
+def readme(name):
+    namespace = {}
+    exec(blocks[name].replace("runs/demo/export", export_dir), namespace)
+    return namespace
+
+
+def strings(values):
+    return [v.decode() for v in tf.constant(values).numpy()]
+
+
+def error(fn):
+    try:
+        fn()
+    except Exception as e:  # the message is what the test checks
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+text = tf.constant(spec["sentences"])
+
+# TF Hub layers, as the LaBSE v2 model card uses them (README example, then our sentences).
+ns = readme("hub")
+arrays["readme_hub"], info["readme_hub"] = ns["embeddings"].numpy(), strings(ns["sentences"])
+preprocessor, encoder = ns["preprocessor"], ns["encoder"]
+packed = preprocessor(text)
+outputs = encoder(packed)
+for key in ("default", "pooled_output", "sequence_output"):
+    arrays["hub_" + key] = outputs[key].numpy()
+arrays["hub_encoder_outputs"] = np.stack([x.numpy() for x in outputs["encoder_outputs"]])
+arrays["hub_again"] = encoder(preprocessor(text))["default"].numpy()
+for key, value in packed.items():
+    arrays["packed_" + key] = value.numpy()
+info["packed_dtypes"] = {key: value.dtype.name for key, value in packed.items()}
+
+# The reusable-SavedModel object: training flag, variables.
+module = tf.saved_model.load(export_dir + "/encoder")
+arrays["train_false"] = module(packed, training=False)["default"].numpy()
+arrays["train_true"] = module(packed, training=True)["default"].numpy()
+info["variables"] = [len(module.variables), len(module.trainable_variables),
+                     len(module.regularization_losses)]
+
+# The preprocessor's parts: tokenize, another seq_length, sentence pairs (README example).
+ns = readme("pack")
+arrays["pack_embeddings"] = ns["embeddings"].numpy()
+info["pack_sentences"] = strings(ns["sentences"])
+pre_module, tokenize, pack = ns["preprocessor"], ns["tokenize"], ns["pack"]
+info["tokens"] = pre_module.tokenize(text).to_list()
+packed_2 = pack([tokenize(text)])
+arrays["seq2_ids"] = packed_2["input_word_ids"].numpy()
+arrays["seq2_default"] = encoder(packed_2)["default"].numpy()
+pair = pack([tokenize(tf.constant(spec["pair"][0])), tokenize(tf.constant(spec["pair"][1]))])
+for key, value in pair.items():
+    arrays["pair_" + key] = value.numpy()
+
+# Odd inputs, empty batches and wrong inputs.
+serving_dir = f"{export_dir}/serving/{spec['version']}"
+serving = tf.saved_model.load(serving_dir)
+signature = serving.signatures["serving_default"]
+info["signature"] = {
+    "inputs": {k: [v.dtype.name, v.shape.as_list()]
+               for k, v in signature.structured_input_signature[1].items()},
+    "outputs": {k: [v.dtype.name, v.shape.as_list()]
+                for k, v in signature.structured_outputs.items()}}
+arrays["serving"] = signature(text=text)["embeddings"].numpy()
+bad = tf.constant([bytes.fromhex(h) for h in spec["bad_hex"]])
+arrays["bad_batch"] = signature(text=bad)["embeddings"].numpy()
+arrays["bad_single"] = np.concatenate([signature(text=bad[i:i + 1])["embeddings"].numpy()
+                                       for i in range(len(spec["bad_hex"]))])
+arrays["bad_hub"] = encoder(preprocessor(bad))["default"].numpy()
+empty = tf.constant([], tf.string)
+arrays["empty_serving"] = signature(text=empty)["embeddings"].numpy()
+arrays["empty_hub"] = encoder(preprocessor(empty))["default"].numpy()
+info["errors"] = {
+    "serving_int": error(lambda: signature(text=tf.constant([1, 2]))),
+    "encoder_int64": error(lambda: module({k: tf.cast(v, tf.int64) for k, v in packed.items()})),
+    "encoder_rank1": error(lambda: module({k: v[0] for k, v in packed.items()})),
+    "encoder_too_long": error(lambda: module(pre_module.bert_pack_inputs(
+        [pre_module.tokenize(text)], seq_length=spec["too_long"]))),
+}
+
+# TF Serving: the warm-up records, the README's REST body and gRPC example.
+info["warmup"] = []
+for record in tf.data.TFRecordDataset(serving_dir + "/assets.extra/tf_serving_warmup_requests"):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    result = signature(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+    info["warmup"].append({"model": request.model_spec.name,
+                           "signature": request.model_spec.signature_name,
+                           "shape": list(result["embeddings"].shape),
+                           "finite": bool(np.isfinite(result["embeddings"].numpy()).all())})
+body = json.loads(spec["rest_body"])
+info["rest_signature"] = body["signature_name"]
+# TF Serving's row format: one dict per instance, keyed by the signature's input names.
+columns = {k: [instance[k] for instance in body["instances"]] for k in body["instances"][0]}
+arrays["rest"] = signature(**columns)["embeddings"].numpy()
+info["rest_sentences"] = columns["text"]
+
+
+class Stub:
+    """Answers Predict in-process, as the server would, through the loaded signature."""
+
+    def __init__(self, channel):
+        pass
+
+    def Predict(self, request, timeout=None):
+        info["grpc_request"] = {"model": request.model_spec.name,
+                                "signature": request.model_spec.signature_name,
+                                "sentences": strings(tf.make_ndarray(request.inputs["text"]))}
+        outputs = serving.signatures[request.model_spec.signature_name](
+            **{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        response = predict_pb2.PredictResponse()
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        return response
+
+
+prediction_service_pb2_grpc.PredictionServiceStub = Stub
+arrays["grpc"] = readme("grpc")["embeddings"]
+
+# Keras 3.
+ns = readme("keras3")
+arrays["keras3"], info["keras3"] = ns["embeddings"], list(ns["sentences"])
+
+# Fine-tuning a few steps in a tf_keras classifier.
+ns = readme("finetune")
+before = [v.numpy() for v in ns["encoder"].trainable_variables]
+history = ns["classifier"].fit(text[:4], np.array([0, 1, 0, 1]), batch_size=2, verbose=0)
+after = [v.numpy() for v in ns["encoder"].trainable_variables]
+info["finetune"] = {"variables": len(before), "loss": history.history["loss"],
+                    "changed": sum(not np.array_equal(a, b) for a, b in zip(before, after))}
+
+info["labse_tf_imported"] = sorted(m for m in sys.modules if m.startswith("labse_tf"))
+np.savez(spec["out"] + ".npz", **arrays)
+with open(spec["out"] + ".json", "w") as f:
+    json.dump(info, f)
+'''
+
+
+def _run(args, cwd, env=None, returncode=0):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == returncode, (
+        f"{args[:2]} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-6000:]}")
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def first_checkpoint(tiny_run):
+    """The run's oldest checkpoint, so exporting a given one (not the latest) is tested."""
+    state = tf.train.get_checkpoint_state(os.path.join(tiny_run, checkpoints.CHECKPOINT_DIR))
+    first, latest = state.all_model_checkpoint_paths[0], state.model_checkpoint_path
+    assert first != latest
+    return first
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, first_checkpoint, tmp_path_factory):
+    """Exports with the command line, then moves the export (it must be relocatable)."""
+    base = tmp_path_factory.mktemp("export")
+    out = str(base / "out")
+    stdout = _run(["-m", "labse_tf.export", f"--model_dir={tiny_run}", f"--export_dir={out}",
+                   f"--seq_length={SEQ_LENGTH}", f"--checkpoint={first_checkpoint}"], cwd=ROOT)
+    moved = str(base / "moved")
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    return {"dir": moved, "original": out, "stdout": stdout}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run, first_checkpoint):
+    """The in-memory preprocessor and encoder of the exported checkpoint."""
+    _, preprocessor, encoder, _ = checkpoints.load_run(tiny_run, first_checkpoint, SEQ_LENGTH)
+    return preprocessor, encoder
+
+
+def _in_memory(reference, sentences, seq_length=None):
+    """In-memory packed inputs and encoder outputs (inference mode) as NumPy."""
+    preprocessor, encoder = reference
+    packed = preprocessor(tf.constant(sentences, tf.string), seq_length)
+    outputs = encoder({k: packed[k] for k in INPUT_NAMES}, training=False)
+    result = {k: v.numpy() for k, v in packed.items()}
+    result.update(embedding=outputs["embedding"].numpy(),
+                  sequence_output=outputs["sequence_output"].numpy(),
+                  encoder_outputs=np.stack([x.numpy() for x in outputs["encoder_outputs"]]))
+    return result
+
+
+@pytest.fixture(scope="module")
+def loaded(exported, tmp_path_factory):
+    """What a fresh process (never importing labse_tf) computes from the moved export."""
+    work = tmp_path_factory.mktemp("load")
+    blocks = _readme_blocks()
+    spec = {"export_dir": exported["dir"], "version": 1, "sentences": SENTENCES,
+            "bad_hex": [b.hex() for b in BAD.values()], "pair": PAIR, "too_long": 80,
+            "rest_body": blocks.pop("rest_body"),
+            "blocks": {k: v for k, v in blocks.items() if k != "rest_url"},
+            "out": str(work / "result")}
+    (work / "spec.json").write_text(json.dumps(spec))
+    (work / "load.py").write_text(LOAD_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    _run([str(work / "load.py"), str(work / "spec.json")], cwd=str(work), env=env)
+    with np.load(spec["out"] + ".npz") as f:
+        arrays = dict(f)
+    with open(spec["out"] + ".json") as f:
+        return arrays, json.load(f)
+
+
+@pytest.mark.slow
+def test_command_line_writes_the_layout(exported, tiny_run, first_checkpoint):
+    for kind, path in [("preprocessor", "preprocessor"), ("encoder", "encoder"),
+                       ("serving", os.path.join("serving", "1"))]:
+        assert f"{kind}: {os.path.join(exported['original'], path)}" in exported["stdout"]
+        assert os.path.exists(os.path.join(exported["dir"], path, "saved_model.pb"))
+    assert f"exported {first_checkpoint} (seq_length {SEQ_LENGTH})" in exported["stdout"]
+    assert os.listdir(os.path.join(exported["dir"], "serving")) == ["1"]  # no temporary left
+    with open(os.path.join(tiny_run, "vocab.txt"), "rb") as f:
+        vocab = f.read()
+    for model in ("preprocessor", os.path.join("serving", "1")):
+        with open(os.path.join(exported["dir"], model, "assets", "vocab.txt"), "rb") as f:
+            assert f.read() == vocab
+        with open(os.path.join(exported["dir"], model, "saved_model.pb"), "rb") as f:
+            assert tiny_run.encode() not in f.read()  # the asset is found relative to the model
+
+
+@pytest.mark.slow
+def test_command_line_help():
+    stdout = _run(["-m", "labse_tf.export", "--help"], cwd=ROOT, returncode=1)  # absl's choice
+    for flag in ("--model_dir", "--export_dir", "--seq_length", "--checkpoint", "--version"):
+        assert flag in stdout
+
+
+@pytest.mark.slow
+def test_loading_process_never_imports_labse_tf(loaded):
+    assert loaded[1]["labse_tf_imported"] == []
+
+
+@pytest.mark.slow
+def test_hub_layers_match_in_memory_model(loaded, reference):
+    arrays, info = loaded
+    ref = _in_memory(reference, SENTENCES)
+    assert info["packed_dtypes"] == {name: "int32" for name in export.HUB_INPUT_NAMES}
+    for hub_name, name in zip(export.HUB_INPUT_NAMES, INPUT_NAMES):
+        np.testing.assert_array_equal(arrays["packed_" + hub_name], ref[name])
+    assert arrays["hub_default"].shape == (len(SENTENCES), 32)
+    np.testing.assert_allclose(arrays["hub_default"], ref["embedding"], atol=ATOL)
+    np.testing.assert_array_equal(arrays["hub_pooled_output"], arrays["hub_default"])
+    np.testing.assert_allclose(arrays["hub_sequence_output"], ref["sequence_output"], atol=ATOL)
+    np.testing.assert_allclose(arrays["hub_encoder_outputs"], ref["encoder_outputs"], atol=ATOL)
+    np.testing.assert_allclose(np.linalg.norm(arrays["hub_default"], axis=1), 1.0, atol=1e-5)
+    tokens = reference[0].tokenize(tf.constant(SENTENCES)).to_list()
+    assert info["tokens"] == tokens
+    readme = _in_memory(reference, info["readme_hub"])
+    np.testing.assert_allclose(arrays["readme_hub"], readme["embedding"], atol=ATOL)
+
+
+@pytest.mark.slow
+def test_reusable_savedmodel_interface(loaded, reference):
+    arrays, info = loaded
+    encoder = reference[1]
+    assert info["variables"] == [len(encoder.variables), len(encoder.trainable_variables), 0]
+    # Dropout is off at inference and on with training=True.
+    np.testing.assert_array_equal(arrays["hub_again"], arrays["hub_default"])
+    np.testing.assert_array_equal(arrays["train_false"], arrays["hub_default"])
+    assert np.abs(arrays["train_true"] - arrays["train_false"]).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_another_seq_length_and_pairs(loaded, reference):
+    arrays, info = loaded
+    ref = _in_memory(reference, SENTENCES, SEQ_LENGTH_2)
+    assert arrays["seq2_ids"].shape == (len(SENTENCES), SEQ_LENGTH_2)
+    np.testing.assert_array_equal(arrays["seq2_ids"], ref["token_ids"])
+    np.testing.assert_allclose(arrays["seq2_default"], ref["embedding"], atol=ATOL)
+    readme = _in_memory(reference, info["pack_sentences"], SEQ_LENGTH_2)
+    np.testing.assert_allclose(arrays["pack_embeddings"], readme["embedding"], atol=ATOL)
+    preprocessor = reference[0]
+    segments = [preprocessor.tokenize(tf.constant(side)) for side in PAIR]
+    pair = preprocessor.bert_pack_inputs(segments, SEQ_LENGTH_2)
+    for hub_name, name in zip(export.HUB_INPUT_NAMES, INPUT_NAMES):
+        np.testing.assert_array_equal(arrays["pair_" + hub_name], pair[name].numpy())
+    # Round-robin: the long pair fills the length with both segments (type ids 0 and 1).
+    long_pair = arrays["pair_input_type_ids"][0]
+    assert arrays["pair_input_mask"][0].sum() == SEQ_LENGTH_2
+    assert abs(int((long_pair == 0).sum()) - int((long_pair == 1).sum())) <= 2
+
+
+@pytest.mark.slow
+def test_serving_signature_matches_in_memory_model(loaded, reference):
+    arrays, info = loaded
+    assert info["signature"] == {"inputs": {"text": ["string", [None]]},
+                                 "outputs": {"embeddings": ["float32", [None, 32]]}}
+    np.testing.assert_allclose(arrays["serving"], _in_memory(reference, SENTENCES)["embedding"],
+                               atol=ATOL)
+
+
+@pytest.mark.slow
+def test_bad_inputs_give_unit_embeddings_or_clear_errors(loaded, reference):
+    arrays, info = loaded
+    ref = _in_memory(reference, list(BAD.values()))["embedding"]
+    for name in ("bad_batch", "bad_single", "bad_hub"):
+        assert np.isfinite(arrays[name]).all(), name
+        np.testing.assert_allclose(arrays[name], ref, atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(np.linalg.norm(arrays["bad_batch"], axis=1), 1.0, atol=1e-5)
+    # Whitespace and control characters carry no tokens: they embed like the empty string.
+    names = list(BAD)
+    for name in ("whitespace", "control characters"):
+        np.testing.assert_allclose(arrays["bad_batch"][names.index(name)],
+                                   arrays["bad_batch"][names.index("empty")], atol=ATOL)
+    assert arrays["empty_serving"].shape == (0, 32)
+    assert arrays["empty_hub"].shape == (0, 32)
+    errors = info["errors"]
+    assert "string" in errors["serving_int"] and "int32" in errors["serving_int"]
+    assert "int32" in errors["encoder_int64"] and "int64" in errors["encoder_int64"]
+    assert "shape=(None, None)" in errors["encoder_rank1"]
+    assert f"shape=({SEQ_LENGTH},)" in errors["encoder_rank1"]
+    assert "seq_length must be at most max_sequence_length=64" in errors["encoder_too_long"]
+
+
+@pytest.mark.slow
+def test_tf_serving_requests(loaded, reference):
+    arrays, info = loaded
+    assert [(w["model"], w["signature"], w["shape"], w["finite"]) for w in info["warmup"]] == [
+        (export.MODEL_NAME, "serving_default", [1, 32], True),
+        (export.MODEL_NAME, "serving_default", [4, 32], True)]
+    blocks = _readme_blocks()
+    assert blocks["rest_url"] == f"http://localhost:8501/v1/models/{export.MODEL_NAME}:predict"
+    assert info["rest_signature"] == "serving_default"
+    rest = _in_memory(reference, info["rest_sentences"])["embedding"]
+    np.testing.assert_allclose(arrays["rest"], rest, atol=ATOL)
+    grpc = info["grpc_request"]
+    assert (grpc["model"], grpc["signature"]) == (export.MODEL_NAME, "serving_default")
+    grpc_reference = _in_memory(reference, grpc["sentences"])["embedding"]
+    np.testing.assert_allclose(arrays["grpc"], grpc_reference, atol=ATOL)
+    with open(MODELS_CONFIG) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    [model] = config.model_config_list.config
+    assert (model.name, model.model_platform) == (export.MODEL_NAME, "tensorflow")
+    with open(README) as f:
+        readme = f.read()
+    assert f'-v "$PWD/runs/demo/export/serving:{model.base_path}"' in readme
+
+
+@pytest.mark.slow
+def test_keras3_tfsm_layer(loaded, reference):
+    arrays, info = loaded
+    np.testing.assert_allclose(arrays["keras3"], _in_memory(reference, info["keras3"])["embedding"],
+                               atol=ATOL)
+
+
+@pytest.mark.slow
+def test_fine_tuning_changes_every_encoder_variable(loaded, reference):
+    finetune = loaded[1]["finetune"]
+    assert finetune["variables"] == len(reference[1].trainable_variables)
+    assert finetune["changed"] == finetune["variables"]
+    assert np.isfinite(finetune["loss"]).all()
+
+
+def test_next_version(tmp_path):
+    assert export.next_version(str(tmp_path / "missing")) == 1
+    for name in ("1", "3", "notes", ".tmp-7"):
+        (tmp_path / name).mkdir()
+    assert export.next_version(str(tmp_path)) == 4
+
+
+@pytest.mark.slow
+def test_export_model_refuses_bad_arguments(reference, tmp_path):
+    preprocessor, encoder = reference
+    (tmp_path / "serving" / "2").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="serving version 2 exists"):
+        export.export_model(preprocessor, encoder, str(tmp_path), seq_length=16, version=2)
+    with pytest.raises(ValueError, match=r"seq_length must be in \[3, 64\].*got 65"):
+        export.export_model(preprocessor, encoder, str(tmp_path), seq_length=65)
+
+
+@pytest.mark.slow
+def test_encoder_input_errors_name_expected_and_actual(reference):
+    hub_encoder = export.HubEncoder(reference[1])
+    ids = tf.zeros([2, 8], tf.int32)
+    inputs = dict.fromkeys(export.HUB_INPUT_NAMES, ids)
+    with pytest.raises(TypeError, match=r"'input_word_ids' must be tf.int32 of rank 2 .* got "
+                                        r"int64 of rank 2"):
+        hub_encoder({**inputs, "input_word_ids": tf.cast(ids, tf.int64)})
+    with pytest.raises(TypeError, match=r"'input_mask' must be tf.int32 of rank 2 .* got int32 "
+                                        r"of rank 1"):
+        hub_encoder({**inputs, "input_mask": ids[0]})
+    with pytest.raises(TypeError, match=r"keys \['input_word_ids', 'input_mask', "
+                                        r"'input_type_ids'\], got \['token_ids'\]"):
+        hub_encoder({"token_ids": ids})
+    assert hub_encoder(inputs)["default"].shape == (2, 32)
+
+
+@pytest.mark.slow
+def test_mixed_precision_encoder_exports_float32_outputs(tiny_run, reference):
+    cfg = config_lib.load_config(os.path.join(tiny_run, "config.yaml"))
+    encoder = build_encoder(cfg.model, reference[0].vocab_size, precision="bf16")
+    packed = reference[0](tf.constant(["Hello world.", ""]))
+    hub_inputs = {hub: packed[name] for hub, name in zip(export.HUB_INPUT_NAMES, INPUT_NAMES)}
+    outputs = export.HubEncoder(encoder)(hub_inputs)
+    assert {k: v.dtype for k, v in outputs.items() if k != "encoder_outputs"} == dict.fromkeys(
+        ["default", "pooled_output", "sequence_output"], tf.float32)
+    assert [x.dtype for x in outputs["encoder_outputs"]] == [tf.float32] * cfg.model.num_layers

@@ -1,0 +1,113 @@
+"""The training command end to end: outputs, resume after SIGKILL, NaN stop, bad data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labse_tf import data
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def _train(model_dir, *args, vocab_file, timeout=600):
+    cmd = [sys.executable, "-m", "labse_tf.train", f"--model_dir={model_dir}", "--noexport",
+           f"--set=data.vocab_file={vocab_file}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_writes_config_checkpoints_summary_and_progress(tmp_path, vocab_file):
+    model_dir = tmp_path / "run"
+    proc = _train(model_dir, "--set=train.steps=20", "--set=train.steps_per_loop=10",
+                  "--set=train.eval_every=10", vocab_file=vocab_file)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "step 10/20" in out and "step 20/20" in out and "pairs/s" in out and "ETA" in out
+    assert f"run directory: {model_dir}" in out
+    assert "retrieval at step 20: heldout_accuracy" in out
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["step"] == 20 and summary["data"]["malformed_lines"] == 0
+    assert [e["step"] for e in summary["evaluations"]] == [10, 20]
+    assert 0.0 <= summary["evaluations"][-1]["heldout_accuracy"] <= 1.0
+    assert (model_dir / "config.yaml").exists() and (model_dir / "vocab.txt").exists()
+    assert (model_dir / "checkpoints" / "ckpt-20.index").exists()
+    assert (model_dir / "best" / "score.json").exists()
+    assert list((model_dir / "summaries").iterdir())  # TensorBoard events
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, vocab_file):
+    model_dir = tmp_path / "run"
+    args = ["--set=train.checkpoint_every=10", "--set=train.steps_per_loop=5",
+            "--set=train.eval_every=0", f"--set=data.vocab_file={vocab_file}", "--noexport"]
+    proc = subprocess.Popen([sys.executable, "-m", "labse_tf.train", f"--model_dir={model_dir}",
+                             "--set=train.steps=100000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    ckpt_dir = model_dir / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt_dir / "ckpt-20.index").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = max(int(p.name[5:-6]) for p in ckpt_dir.glob("ckpt-*.index"))
+    assert saved >= 20
+    resumed = _train(model_dir, f"--set=train.steps={saved + 10}", *args[:3], vocab_file=vocab_file)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {ckpt_dir}/ckpt-{saved} at step {saved}" in resumed.stdout
+    assert f"step {saved + 5}/{saved + 10}" in resumed.stdout  # continues, does not restart
+    assert (ckpt_dir / f"ckpt-{saved + 10}.index").exists()
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, vocab_file):
+    model_dir = tmp_path / "run"
+    common = ["--set=train.checkpoint_every=10", "--set=train.eval_every=0"]
+    assert _train(model_dir, "--set=train.steps=10", *common, vocab_file=vocab_file).returncode == 0
+    # A scale this large overflows the logits to inf and the loss to NaN.
+    bad = _train(model_dir, "--set=train.steps=20", "--set=loss.scale=1e39", *common,
+                 vocab_file=vocab_file)
+    assert bad.returncode == 1
+    assert "non-finite metrics" in bad.stderr
+    assert "Last good checkpoint:" in bad.stderr and "ckpt-10" in bad.stderr
+    ckpts = sorted(p.name for p in (model_dir / "checkpoints").glob("ckpt-*.index"))
+    assert ckpts == ["ckpt-10.index"]
+
+
+@pytest.mark.slow
+def test_malformed_lines_are_reported_and_counted_in_the_summary(tmp_path, vocab_file):
+    good = open(data.sample_corpus_path("train"), encoding="utf-8").read().splitlines()[:40]
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes("\n".join(good[:20] + ["broken line", "fra\t\tx"] + good[20:]).encode() + b"\n")
+    model_dir = tmp_path / "run"
+    proc = _train(model_dir, f"--train_data={path}", "--set=train.steps=2",
+                  "--set=train.global_batch_size=4", vocab_file=vocab_file)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{path}:21: skipped malformed line: expected 2 or 3 tab-separated fields, got 1" in proc.stdout
+    assert f"{path}:22: skipped malformed line: empty source field" in proc.stdout
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["data"]["malformed_lines"] == 2 and summary["data"]["pairs"] == 40
+
+
+def test_missing_data_and_bad_config_fail_before_training(tmp_path, vocab_file):
+    proc = _train(tmp_path / "a", f"--train_data={tmp_path}/none*.tsv", vocab_file=vocab_file)
+    assert proc.returncode == 1 and "matches no file" in proc.stderr
+    proc = _train(tmp_path / "b", "--set=train.global_batch_size=33", "--strategy=mirrored",
+                  "--cpu_replicas=2", vocab_file=vocab_file)
+    assert proc.returncode == 1 and "not divisible by the 2 replicas" in proc.stderr
+    proc = _train(tmp_path / "c", "--set=model.vocab_size=12", vocab_file=vocab_file)
+    assert proc.returncode == 1 and "model.vocab_size: 12 but" in proc.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_help_lists_the_flags():
+    proc = subprocess.run([sys.executable, "-m", "labse_tf.train", "--help"], capture_output=True,
+                          text=True, env=ENV)
+    for flag in ("--config", "--set", "--strategy", "--cpu_replicas", "--tpu", "--model_dir",
+                 "--train_data", "--eval_data", "--init_checkpoint", "--export_dir"):
+        assert flag in proc.stdout
