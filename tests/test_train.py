@@ -2,21 +2,23 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from labse_tf import data
+from labse_tf import data, evaluate
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 
 
-def _train(model_dir, *args, vocab_file, timeout=600):
-    cmd = [sys.executable, "-m", "labse_tf.train", f"--model_dir={model_dir}", "--noexport",
-           f"--set=data.vocab_file={vocab_file}", *args]
+def _train(model_dir, *args, vocab_file, export=False, timeout=600):
+    cmd = [sys.executable, "-m", "labse_tf.train", f"--model_dir={model_dir}",
+           f"--set=data.vocab_file={vocab_file}", *args] + ([] if export else ["--noexport"])
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
@@ -24,7 +26,7 @@ def _train(model_dir, *args, vocab_file, timeout=600):
 def test_run_writes_config_checkpoints_summary_and_progress(tmp_path, vocab_file):
     model_dir = tmp_path / "run"
     proc = _train(model_dir, "--set=train.steps=20", "--set=train.steps_per_loop=10",
-                  "--set=train.eval_every=10", vocab_file=vocab_file)
+                  "--set=train.eval_every=10", vocab_file=vocab_file, export=True)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "step 10/20" in out and "step 20/20" in out and "pairs/s" in out and "ETA" in out
@@ -38,6 +40,32 @@ def test_run_writes_config_checkpoints_summary_and_progress(tmp_path, vocab_file
     assert (model_dir / "checkpoints" / "ckpt-20.index").exists()
     assert (model_dir / "best" / "score.json").exists()
     assert list((model_dir / "summaries").iterdir())  # TensorBoard events
+    # The run ends with an export that loads and embeds the sample corpus.
+    serving = model_dir / "export" / "serving" / "1"
+    assert f"exported serving:      {serving}" in out
+    assert "exported model, heldout retrieval accuracy" in out
+    assert summary["export"]["heldout_accuracy"] == pytest.approx(
+        summary["evaluations"][-1]["heldout_accuracy"], abs=0.02)  # export == checkpoint
+    _, src, _ = data.read_pairs([data.sample_corpus_path("train")])[0].flat()
+    embeddings = evaluate.embed_fn_from_export(str(model_dir / "export"))(src)
+    assert embeddings.shape == (490, 32)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def _losses(stdout):
+    return [float(m) for m in re.findall(r"^step \d+/\d+  loss ([0-9.]+)", stdout, re.M)]
+
+
+@pytest.mark.slow
+def test_gradient_caching_logs_the_same_loss_curve(tmp_path, vocab_file):
+    args = ["--set=train.steps=20", "--set=train.global_batch_size=32", "--set=model.dropout=0",
+            "--set=train.steps_per_loop=5", "--set=train.eval_every=0"]
+    plain = _train(tmp_path / "a", *args, "--set=train.chunk_size=0", vocab_file=vocab_file)
+    chunked = _train(tmp_path / "b", *args, "--set=train.chunk_size=4", vocab_file=vocab_file)
+    assert plain.returncode == 0 and chunked.returncode == 0, plain.stderr + chunked.stderr
+    curve, chunked_curve = _losses(plain.stdout), _losses(chunked.stdout)
+    assert len(curve) == 4 and curve[0] != curve[-1]
+    np.testing.assert_allclose(chunked_curve, curve, rtol=1e-3)
 
 
 @pytest.mark.slow
