@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the ops an exported preprocessor runs)
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, export, mining
+from labse_tf import baselines, checkpoints, export, mining
 from labse_tf.model import embed
 from labse_tf.preprocessing import Preprocessor
 
@@ -236,11 +236,19 @@ def define_model_flags():
     flags.DEFINE_string("checkpoint", "", "With --model_dir: a checkpoint prefix, e.g. "
                         "RUN/best/ckpt-300.")
     flags.DEFINE_integer("batch_size", 256, "Sentences per embedding call.", lower_bound=1)
-    flags.mark_flags_as_mutual_exclusive(["model", "model_dir"], required=True)
+    flags.DEFINE_bool("trigram_baseline", False, "Instead of a model, embed with character "
+                      "trigram TF-IDF (no training; IDF counted on the input sentences).")
+    flags.mark_flags_as_mutual_exclusive(["model", "model_dir", "trigram_baseline"], required=True)
 
 
-def embed_fn_from_flags(log: Callable[[str], None]) -> tuple[EmbedFn, str]:
-    """The EmbedFn that the model flags choose, and the checkpoint or SavedModel it uses."""
+def embed_fn_from_flags(log: Callable[[str], None], corpus: Sequence[str] = ()
+                        ) -> tuple[EmbedFn, str]:
+    """The EmbedFn that the model flags choose, and the checkpoint or SavedModel it uses.
+
+    `corpus` (all sentences to be embedded) fits the trigram baseline's IDF.
+    """
+    if FLAGS.trigram_baseline:
+        return baselines.CharNgramTfidf(corpus), "char-trigram TF-IDF baseline"
     if FLAGS.model_dir:
         source = checkpoints.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint)
         embed_fn = embed_fn_from_run(FLAGS.model_dir, source, batch_size=FLAGS.batch_size, log=log)
@@ -268,7 +276,8 @@ def main(argv):
     log = lambda msg: print(msg, flush=True)
     try:
         tatoeba = read_tatoeba(FLAGS.tatoeba_dir, FLAGS.langs)
-        embed_fn, source = embed_fn_from_flags(log)
+        embed_fn, source = embed_fn_from_flags(
+            log, [s for pair in tatoeba.values() for side in pair for s in side])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -69,7 +69,7 @@ def main(argv):
         gold = read_gold(FLAGS.gold) if FLAGS.gold else None
         if not src or not tgt:
             raise ValueError(f"{FLAGS.src if not src else FLAGS.tgt}: no sentences")
-        embed_fn, _ = evaluate.embed_fn_from_flags(log)
+        embed_fn, _ = evaluate.embed_fn_from_flags(log, src + tgt)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
