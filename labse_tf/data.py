@@ -28,6 +28,7 @@ __all__ = [
     "language_weights",
     "masked_lm_dataset",
     "pair_dataset",
+    "pair_strings",
     "read_pairs",
     "sample_corpus_path",
     "text_dataset",
@@ -239,28 +240,15 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
       `[batch_size, seq_length]` tensors (token_ids, padding_mask, segment_ids).
     """
-    counts = [len(s) for s in pairs.src]
-    log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
-    starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
-    sizes = tf.constant(counts, tf.float32)
-    _, src_all, tgt_all = pairs.flat()
-    src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
+    shape = [batch_size, seq_length or preprocessor.seq_length]
 
-    def draw(step):
-        # Stateless draws keyed on (seed, step): reproducible and resumable.
-        lang = tf.random.stateless_categorical(
-            log_p, batch_size, seed=tf.stack([tf.cast(seed, tf.int64), 2 * step]))[0]
-        u = tf.random.stateless_uniform([batch_size], seed=tf.stack([tf.cast(seed, tf.int64), 2 * step + 1]))
-        within = tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
-        index = tf.gather(starts, lang) + within
-        src, tgt = tf.gather(src_all, index), tf.gather(tgt_all, index)
+    def tokenize(batch):
         # Static shapes let gradient caching split the batch and XLA compile once.
-        shape = [batch_size, seq_length or preprocessor.seq_length]
-        return {side: {k: tf.ensure_shape(v, shape) for k, v in preprocessor(text, seq_length).items()}
-                for side, text in (("src", src), ("tgt", tgt))}
+        return {side: {k: tf.ensure_shape(v, shape) for k, v in preprocessor(batch[side], seq_length).items()}
+                for side in ("src", "tgt")}
 
-    return (tf.data.Dataset.counter(start=start_step)
-            .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed, start_step=start_step)
+            .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -284,19 +272,45 @@ def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
                 features=tf.train.Features(feature=feature)).SerializeToString())
 
 
+def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
+                 start_step: int = 0) -> tf.data.Dataset:
+    """The draws of `pair_dataset` as strings: `{"src": [batch_size], "tgt": [batch_size]}`.
+
+    Language first (p ∝ n^alpha), then a pair uniformly within it, keyed on (seed, step)
+    so that a resumed run continues the same stream.
+    """
+    counts = [len(s) for s in pairs.src]
+    log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
+    starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
+    sizes = tf.constant(counts, tf.float32)
+    _, src_all, tgt_all = pairs.flat()
+    src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
+
+    def draw(step):
+        key = tf.cast(seed, tf.int64)
+        lang = tf.random.stateless_categorical(log_p, batch_size, seed=tf.stack([key, 2 * step]))[0]
+        u = tf.random.stateless_uniform([batch_size], seed=tf.stack([key, 2 * step + 1]))
+        index = tf.gather(starts, lang) + tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
+        return {"src": tf.gather(src_all, index), "tgt": tf.gather(tgt_all, index)}
+
+    return tf.data.Dataset.counter(start=start_step).map(draw)
+
+
 def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int,
                       alpha: float, seed: int, tlm_fraction: float, mask_rate: float,
                       mask_token_rate: float, random_token_rate: float, max_predictions: int,
                       start_step: int = 0, seq_length: int | None = None) -> tf.data.Dataset:
     """An endless dataset of masked MLM and TLM examples, built inside the tf.data graph.
 
-    Pairs are drawn exactly as `pair_dataset` draws them. Each example is, with
+    Pairs are drawn by `pair_strings`, as `pair_dataset` draws them. Each example is, with
     probability `tlm_fraction`, TLM: the pair packed as `[CLS] src [SEP] tgt [SEP]` with
     segment ids 0 then 1; otherwise MLM: one side of the pair, picked at random, as
     `[CLS] sentence [SEP]`. Then `mask_rate` of the wordpieces (rounded up, at most
     `max_predictions`; never [CLS], [SEP], [UNK] or padding) are selected, and of those
     `mask_token_rate` become [MASK], `random_token_rate` a random token and the rest
-    stay as they are (BERT's 80/10/10), by tensorflow-text's masking ops.
+    stay as they are (BERT's 80/10/10), by tensorflow-text's masking ops. Those draw from
+    TensorFlow's seeded but stateful random ops, so a resumed run continues the stream of
+    pairs and MLM/TLM choices exactly, but not that of the masks.
 
     Args:
       pairs: Pairs. The pairs this input pipeline draws from (already sharded).
@@ -322,10 +336,11 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         unselectable_token_ids=[preprocessor.pad_id, preprocessor.cls_id, preprocessor.sep_id,
                                 preprocessor.unk_id],
         mask_token_rate=mask_token_rate, random_token_rate=random_token_rate)
-    # pair_dataset with an identity "preprocessor" yields the drawn strings themselves.
-    strings = pair_dataset(pairs, lambda sentences, _: sentences, batch_size=batch_size,
-                           alpha=alpha, seed=seed, start_step=start_step)
+    strings = pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed,
+                           start_step=start_step)
 
+    # Straight-line TF ops: AutoGraph would only slow the tracing (by seconds).
+    @tf.autograph.experimental.do_not_convert
     def example(batch, step):
         src, tgt = preprocessor.tokenize(batch["src"]), preprocessor.tokenize(batch["tgt"])
         size = tf.shape(batch["src"])[0]
@@ -339,10 +354,14 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         mlm = preprocessor.bert_pack_inputs([side], seq_length)
         packed = {k: tf.where(is_tlm[:, None] < tlm_fraction, tlm[k], mlm[k]) for k in tlm}
         masked = masker(packed["token_ids"])
-        return {**packed, "token_ids": masked["token_ids"],
-                "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
-                "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
-                "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
+        out = {**packed, "token_ids": masked["token_ids"],
+               "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+               "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
+               "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
+        # Static shapes, as pair_dataset's, so that XLA compiles the step once.
+        sequence = [batch_size, seq_length or preprocessor.seq_length]
+        return {k: tf.ensure_shape(v, [batch_size, max_predictions] if k.startswith("mask_")
+                                   else sequence) for k, v in out.items()}
 
     return (tf.data.Dataset.zip(strings, tf.data.Dataset.counter(start=start_step))
             .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

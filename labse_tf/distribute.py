@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "make_strategy", "gather_global_batch", "set_cpu_devices"]
+__all__ = ["STRATEGIES", "gather_global_batch", "is_chief", "make_strategy", "set_cpu_devices"]
 
 STRATEGIES = ("cpu", "mirrored", "multi_worker", "tpu")
 
@@ -61,3 +61,13 @@ def gather_global_batch(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return x, tf.constant(0, tf.int32)
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(x)[0]
     return ctx.all_gather(x, axis=0), offset
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run directory (the chief, or worker 0 without one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())

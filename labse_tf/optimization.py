@@ -12,12 +12,15 @@ __all__ = ["WarmupDecay", "build_optimizer"]
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`, cosine, or constant."""
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str):
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str,
+                 start_step: int = 0):
         self.peak, self.warmup_steps = peak, warmup_steps
         self.total_steps, self.schedule = total_steps, schedule
+        self.start_step = start_step
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        # An optimizer made mid-run (a pre-training stage) counts from 0; the run does not.
+        step = tf.cast(step, tf.float32) + self.start_step
         warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
         decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
         progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
@@ -31,7 +34,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "schedule": self.schedule}
+                "total_steps": self.total_steps, "schedule": self.schedule,
+                "start_step": self.start_step}
 
 
 class _AdamW(keras.optimizers.AdamW):
@@ -46,10 +50,14 @@ class _AdamW(keras.optimizers.AdamW):
 
 
 def build_optimizer(cfg: OptimizerConfig, *, learning_rate: float, total_steps: int,
-                    precision: str) -> keras.optimizers.Optimizer:
-    """AdamW (no decay on biases and LayerNorm), wrapped for loss scaling under fp16."""
+                    precision: str, start_step: int = 0) -> keras.optimizers.Optimizer:
+    """AdamW (no decay on biases and LayerNorm), wrapped for loss scaling under fp16.
+
+    `start_step` is the run's step at the optimizer's first update (its schedule offset).
+    """
     optimizer = _AdamW(
-        learning_rate=WarmupDecay(learning_rate, cfg.warmup_steps, total_steps, cfg.schedule),
+        learning_rate=WarmupDecay(learning_rate, cfg.warmup_steps, total_steps, cfg.schedule,
+                                  start_step),
         weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
         epsilon=cfg.epsilon, global_clipnorm=cfg.clipnorm or None)
     optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])

@@ -11,6 +11,7 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 → export.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -83,7 +84,7 @@ def _macro_retrieval(embed_fn, pairs: data.Pairs) -> float:
                           for s, t in zip(pairs.src, pairs.tgt)]))
 
 
-def _eval_fn(cfg, preprocessor, encoder, eval_sets, log):
+def _eval_fn(preprocessor, encoder, eval_sets):
     """Retrieval accuracy on held-out pairs and Tatoeba, macro-averaged over languages."""
     embed_fn = evaluate.encoder_embed_fn(preprocessor, encoder)
 
@@ -94,13 +95,23 @@ def _eval_fn(cfg, preprocessor, encoder, eval_sets, log):
     return run
 
 
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+# The model fields that fix the weights' shapes; dropout and pooling stay this run's choice.
+_SHAPE_FIELDS = ("vocab_size", "num_layers", "hidden_dim", "num_heads", "intermediate_dim",
+                 "max_sequence_length")
+
+
+def inherit_pretrained(cfg: config_lib.Config, init_checkpoint: str, log=print) -> config_lib.Config:
+    """This run's config with the pre-trained run's encoder shape, vocabulary and casing."""
+    init_dir = (init_checkpoint if os.path.isdir(init_checkpoint)
+                else os.path.dirname(os.path.dirname(init_checkpoint)))
+    source = config_lib.load_config(os.path.join(init_dir, "config.yaml"))
+    shape = {f: getattr(source.model, f) for f in _SHAPE_FIELDS}
+    log(f"encoder shape and vocabulary from {init_dir}: "
+        + ", ".join(f"{k}={v}" for k, v in shape.items()))
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, **shape),
+        data=dataclasses.replace(cfg.data, vocab_file=checkpoints.vocab_path(init_dir),
+                                 lowercase=source.data.lowercase))
 
 
 def init_from_pretrained(encoder, init_path: str, log=print) -> str:
@@ -117,11 +128,9 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
           eval_sets: dict | None = None, init_checkpoint: str = "", log=print) -> dict:
     """Trains (or resumes) a run; returns the run summary (also written as summary.json)."""
     keras.utils.set_random_seed(cfg.train.seed)
-    is_chief = _is_chief(strategy)
+    is_chief = distribute.is_chief(strategy)
     if init_checkpoint:
-        init_vocab = checkpoints.vocab_path(init_checkpoint if os.path.isdir(init_checkpoint)
-                                            else os.path.dirname(os.path.dirname(init_checkpoint)))
-        cfg = config_lib.override(cfg, [f"data.vocab_file={init_vocab}"])
+        cfg = inherit_pretrained(cfg, init_checkpoint, log)
     cfg, pairs, stats, preprocessor = prepare_run(cfg, model_dir, train_patterns, log)
     with strategy.scope():
         encoder = build_encoder(cfg.model, preprocessor.vocab_size, cfg.train.precision)
@@ -144,7 +153,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
     names = ["loss", "src_to_tgt_accuracy"] + (["tgt_to_src_accuracy"] if cfg.loss.bidirectional else [])
     loop = compile_loop(strategy, step_fn, names)
     eval_sets = eval_sets or {}
-    evaluate_fn = _eval_fn(cfg, preprocessor, encoder, eval_sets, log) if eval_sets else None
+    evaluate_fn = _eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None
     result = run_loop(
         loop=loop, iterator=iterator, checkpoint=checkpoint, step=step, model_dir=model_dir,
         total_steps=cfg.train.steps, steps_per_loop=cfg.train.steps_per_loop,
@@ -193,7 +202,7 @@ def main(argv):
     for entry in summary["evaluations"][-1:]:
         shown = ", ".join(f"{k} {v:.1%}" for k, v in entry.items() if k.endswith("accuracy"))
         log(f"retrieval at step {entry['step']}: {shown}")
-    if FLAGS.export and _is_chief(strategy):
+    if FLAGS.export and distribute.is_chief(strategy):
         summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
         with open(os.path.join(summary["model_dir"], "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, ensure_ascii=False)

@@ -12,7 +12,6 @@ beside the vocabulary.
 
 import json
 import os
-import sys
 import time
 from typing import Sequence
 
@@ -67,15 +66,20 @@ def _normalized(sentences: Sequence[str], lowercase: bool) -> tf.data.Dataset:
 
 
 def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = True,
-                max_unique_chars: int = 0) -> list[str]:
+                max_unique_chars: int = 0, max_words: int = 200_000) -> list[str]:
     """Learns a wordpiece vocabulary (reserved tokens first, [PAD] at id 0).
 
     Args:
       sentences: raw sentences (normalised here as the Preprocessor will).
-      vocab_size: int. Target size; a small corpus may give fewer tokens.
+      vocab_size: int. Target size. The learner lowers its word-count threshold until
+        it gets within 5% below it; a corpus too small for that can end above it.
       lowercase: bool. Must match the Preprocessor's.
-      max_unique_chars: int. Single characters always kept; 0 = a tenth of vocab_size
-        (at least 100), so scripts with many characters keep theirs.
+      max_unique_chars: int. The most frequent characters kept as single tokens (words
+        with any other character are dropped from learning and become [UNK]); 0 = a
+        tenth of vocab_size, at least 1000 (the learner's own default), so a corpus with
+        Han characters keeps the common ones even for a small vocabulary.
+      max_words: int. Only the most frequent distinct words are learned from; the
+        learner's time grows with them (rarer words still get characters and pieces).
 
     Returns:
       The vocabulary as a list of tokens.
@@ -84,8 +88,8 @@ def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = 
     return bert_vocab.bert_vocab_from_dataset(
         _normalized(sentences, lowercase), vocab_size, list(SPECIAL_TOKENS),
         bert_tokenizer_params={"lower_case": False},
-        learn_params={"lower_thresh": 1,
-                      "max_unique_chars": max_unique_chars or max(100, vocab_size // 10)})
+        learn_params={"lower_thresh": 1, "max_input_tokens": max_words,
+                      "max_unique_chars": max_unique_chars or max(1000, vocab_size // 10)})
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> str:

@@ -1,0 +1,126 @@
+"""Vocabulary building: smoothed sampling, the learner's output and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from labse_tf import data, vocab
+from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _water_filling(counts, alpha, budget):
+    """NumPy reference: x_i = min(n_i, c n_i^alpha) with sum x = budget, c by bisection."""
+    counts = np.asarray(counts, np.float64)
+    if budget >= counts.sum():
+        return counts
+    w = np.where(counts > 0, counts ** alpha, 0.0)
+    lo, hi = 0.0, budget / w[w > 0].min() + 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.minimum(counts, mid * w).sum() < budget else (lo, mid)
+    return np.minimum(counts, hi * w)
+
+
+def test_smoothed_sample_sizes_by_hand():
+    # p ∝ sqrt([100, 10, 1]) = [10, 3.16, 1]: 30 * p = [21.2, 6.7, 2.1], but the third
+    # language has 1 sentence; its unused share goes to the others in proportion:
+    # c (10 + 3.16) = 29 gives [22.03, 6.97, 1], rounded to [22, 7, 1].
+    np.testing.assert_array_equal(vocab.smoothed_sample_sizes([100, 10, 1], 0.5, 30), [22, 7, 1])
+    # alpha 0 is uniform, alpha 1 proportional; a budget over the total takes everything.
+    np.testing.assert_array_equal(vocab.smoothed_sample_sizes([90, 30], 0.0, 40), [20, 20])
+    np.testing.assert_array_equal(vocab.smoothed_sample_sizes([90, 30], 1.0, 40), [30, 10])
+    np.testing.assert_array_equal(vocab.smoothed_sample_sizes([90, 0, 30], 0.3, 500), [90, 0, 30])
+
+
+def test_smoothed_sample_sizes_match_water_filling():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(1, 10))
+        counts = rng.integers(0, 3000, k) * (rng.random(k) > 0.1)
+        alpha = float(rng.choice([0.0, 0.3, 0.7, 1.0]))
+        budget = int(rng.integers(k, counts.sum() + 100))
+        take = vocab.smoothed_sample_sizes(counts, alpha, budget)
+        assert take.sum() == min(budget, counts.sum())
+        assert (take <= counts).all() and (take[counts > 0] >= 1).all()
+        np.testing.assert_array_less(np.abs(take - _water_filling(counts, alpha, budget)), 2.0)
+
+
+def test_sample_sentences_follow_the_sizes(sample_pairs):
+    sample = vocab.sample_sentences(sample_pairs, 0.3, 200, seed=1)
+    sizes = vocab.smoothed_sample_sizes([2 * len(s) for s in sample_pairs.src], 0.3, 200)
+    assert list(sample) == list(sample_pairs.langs)
+    for (lang, got), size, src, tgt in zip(sample.items(), sizes, sample_pairs.src,
+                                           sample_pairs.tgt):
+        assert len(got) == size
+        pool = list(src) + list(tgt)
+        # Drawn without replacement: no sentence more often than it occurs.
+        assert all(got.count(s) <= pool.count(s) for s in set(got)), lang
+
+
+def _is_han(char: str) -> bool:
+    return unicodedata.name(char, "").startswith("CJK UNIFIED IDEOGRAPH")
+
+
+def test_build_vocab_on_the_sample_corpus(vocab_file, sample_pairs):
+    with open(vocab_file, encoding="utf-8") as f:
+        tokens = f.read().splitlines()
+    assert tokens[:len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS) and tokens[0] == "[PAD]"
+    assert len(set(tokens)) == len(tokens)
+    # Han characters are words of their own to the tokenizer, so the vocabulary holds them
+    # one character per token, and every character of the Chinese sentences is there.
+    han_tokens = [t for t in tokens if any(_is_han(c) for c in t)]
+    assert han_tokens and all(len(t.removeprefix("##")) == 1 for t in han_tokens)
+    chinese = [s for lang, src, tgt in zip(sample_pairs.langs, sample_pairs.src, sample_pairs.tgt)
+               if lang == "cmn" for s in tgt]
+    chars = sorted({c for s in chinese for c in s if _is_han(c)})
+    assert len(chars) > 100 and set(chars) <= set(tokens)
+    pre = Preprocessor(vocab_file)
+    pieces = pre.tokenize(tf.constant(chars))  # one word per character, one piece per word
+    assert pieces.to_list() == [[[tokens.index(c)]] for c in chars]
+
+
+@pytest.mark.slow
+def test_vocab_command_line(tmp_path, sample_pairs):
+    output = str(tmp_path / "out" / "vocab.txt")
+    out = subprocess.run(
+        [sys.executable, "-m", "labse_tf.vocab", f"--input={data.sample_corpus_path('train')}",
+         "--vocab_size=500", f"--output={output}", "--max_sentences=100000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(output, encoding="utf-8") as f:
+        tokens = f.read().splitlines()
+    assert tokens[:len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS)
+    with open(output + ".coverage.json", encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["vocab_size"] == len(tokens)
+    assert report["vocab_file"] == os.path.abspath(output)
+    # The budget exceeds the corpus, so every sentence was sampled: recompute coverage.
+    sentences = {lang: list(s) + list(t)
+                 for lang, s, t in zip(sample_pairs.langs, sample_pairs.src, sample_pairs.tgt)}
+    assert report["sampled_sentences"] == sum(len(s) for s in sentences.values())
+    want = vocab.coverage(Preprocessor(output), sentences)
+    assert set(report["languages"]) == set(sample_pairs.langs)
+    for lang, got in report["languages"].items():
+        assert got["sentences"] == want[lang]["sentences"]
+        assert got["unk_rate"] == pytest.approx(want[lang]["unk_rate"], abs=1e-12)
+        assert got["pieces_per_word"] == pytest.approx(want[lang]["pieces_per_word"], rel=1e-12)
+        assert got["pieces_per_word"] >= 1.0
+
+
+@pytest.mark.slow
+def test_vocab_help():
+    out = subprocess.run([sys.executable, "-m", "labse_tf.vocab", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=False)
+    # absl's --help prints the usage and exits with status 1, by design.
+    assert out.returncode == 1 and not out.stderr, out.stderr[-2000:]
+    assert "wordpiece vocabulary" in out.stdout
+    for flag in ("--input", "--vocab_size", "--output", "--alpha", "--max_sentences"):
+        assert flag in out.stdout
