@@ -1,6 +1,7 @@
 """labse_tf: train, evaluate and ship LaBSE-style multilingual sentence encoders.
 
-Command lines: python -m labse_tf.{train,pretrain,vocab,export,evaluate,mine} --help.
+Command lines: python -m labse_tf.{train,pretrain,vocab,export,evaluate,mine,convert,
+prune_vocab} --help.
 """
 
 import os

@@ -8,6 +8,7 @@
     MODEL_DIR/summary.json     what the run made and measured, written at the end
 """
 
+import json
 import os
 
 import keras
@@ -17,7 +18,8 @@ from labse_tf import config as config_lib
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "find_checkpoint", "load_run", "vocab_path"]
+__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "find_checkpoint", "load_run", "vocab_path",
+           "write_run", "write_summary"]
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -25,6 +27,14 @@ BEST_DIR = "best"
 
 def vocab_path(model_dir: str) -> str:
     return os.path.join(model_dir, "vocab.txt")
+
+
+def write_summary(summary: dict, model_dir: str) -> str:
+    """Writes what a command made and measured as MODEL_DIR/summary.json; returns the path."""
+    path = os.path.join(model_dir, "summary.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, ensure_ascii=False)
+    return path
 
 
 def find_checkpoint(model_dir: str, checkpoint: str = "") -> str:
@@ -57,3 +67,33 @@ def load_run(model_dir: str, checkpoint: str = "", seq_length: int | None = None
     encoder = build_encoder(cfg.model, preprocessor.vocab_size)
     tf.train.Checkpoint(encoder=encoder).read(path).expect_partial().assert_existing_objects_matched()
     return cfg, preprocessor, encoder, path
+
+
+def write_run(cfg: config_lib.Config, vocab_tokens, encoder: keras.Model, model_dir: str) -> str:
+    """Writes a model directory that `load_run` (and train/export/evaluate) accept.
+
+    For encoders made outside a training run (converted or pruned): `config.yaml` with
+    `model.vocab_size` and `data.vocab_file` set to the vocabulary written, `vocab.txt`, and
+    the encoder as `checkpoints/ckpt-0` (step 0: nothing trained here).
+
+    Args:
+      cfg: Config. Its model section must describe `encoder`.
+      vocab_tokens: sequence of str. The vocabulary, one token per embedding row.
+      encoder: keras.Model. From model.build_encoder.
+      model_dir: str. Created if needed; must not hold a config or checkpoints already.
+
+    Returns:
+      The checkpoint path written.
+    """
+    for name in ("config.yaml", CHECKPOINT_DIR):
+        if os.path.exists(os.path.join(model_dir, name)):
+            raise FileExistsError(f"{model_dir}: already holds {name}; choose a new directory")
+    os.makedirs(model_dir, exist_ok=True)
+    with open(vocab_path(model_dir), "w", encoding="utf-8") as f:
+        f.writelines(token + "\n" for token in vocab_tokens)
+    cfg = config_lib.override(cfg, [f"model.vocab_size={len(vocab_tokens)}",
+                                    f"data.vocab_file={os.path.abspath(vocab_path(model_dir))}"])
+    config_lib.write_config(cfg, model_dir)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
+                                         os.path.join(model_dir, CHECKPOINT_DIR), max_to_keep=1)
+    return manager.save(checkpoint_number=0)

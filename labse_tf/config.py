@@ -70,7 +70,7 @@ class DataConfig:
     vocab_file: str = ""
     # Target size when the vocabulary is built from the training data.
     build_vocab_size: int = 2000
-    # Lowercase and strip accents before wordpiece (BERT "uncased" normalisation).
+    # Case-fold before wordpiece (accents are kept; NFKC is always applied).
     lowercase: bool = True
     # Tokens per sentence, [CLS] and [SEP] included.
     seq_length: int = 32

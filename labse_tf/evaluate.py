@@ -236,7 +236,7 @@ def define_model_flags():
     flags.DEFINE_string("checkpoint", "", "With --model_dir: a checkpoint prefix, e.g. "
                         "RUN/best/ckpt-300.")
     flags.DEFINE_integer("batch_size", 256, "Sentences per embedding call.", lower_bound=1)
-    flags.DEFINE_bool("trigram_baseline", False, "Instead of a model, embed with character "
+    flags.DEFINE_bool("trigram_baseline", None, "Instead of a model, embed with character "
                       "trigram TF-IDF (no training; IDF counted on the input sentences).")
     flags.mark_flags_as_mutual_exclusive(["model", "model_dir", "trigram_baseline"], required=True)
 

@@ -20,7 +20,6 @@ resumed run restores the latest stage that has a checkpoint and goes on from the
 """
 
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -30,7 +29,7 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import config as config_lib, data, distribute, loop as loop_lib
+from labse_tf import checkpoints, config as config_lib, data, distribute, loop as loop_lib
 from labse_tf.checkpoints import CHECKPOINT_DIR
 from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
 from labse_tf.losses import masked_lm_loss
@@ -298,8 +297,7 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
         "replicas": strategy.num_replicas_in_sync,
     }
     if is_chief:
-        with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False)
+        checkpoints.write_summary(summary, model_dir)
     return summary
 
 
@@ -319,8 +317,7 @@ def main(argv):
         sys.exit(1)
     log(f"run directory: {summary['model_dir']}")
     log(f"checkpoint:    {summary['checkpoint']}")
-    log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']} "
-        "(with this run's model section)")
+    log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 """
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -171,26 +170,26 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         "replicas": strategy.num_replicas_in_sync,
     }
     if is_chief:
-        with open(os.path.join(model_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False)
+        checkpoints.write_summary(summary, model_dir)
     return summary
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
-    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, cpu_replicas=FLAGS.cpu_replicas)
+    log = lambda msg: print(msg, flush=True)
     train_patterns = FLAGS.train_data or [data.sample_corpus_path("train")]
     eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
-    eval_sets = {}
-    if eval_patterns:
-        eval_sets["heldout"], _ = data.read_pairs(eval_patterns)
-    if FLAGS.eval_tatoeba_dir:
-        tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
-        eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
-    log = lambda msg: print(msg, flush=True)
     try:
+        cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
+        eval_sets = {}
+        if eval_patterns:
+            eval_sets["heldout"], _ = data.read_pairs(eval_patterns)
+        if FLAGS.eval_tatoeba_dir:
+            tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
+            eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
+        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
+                                            cpu_replicas=FLAGS.cpu_replicas)
         summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                         train_patterns=train_patterns, eval_sets=eval_sets,
                         init_checkpoint=FLAGS.init_checkpoint, log=log)
@@ -204,8 +203,7 @@ def main(argv):
         log(f"retrieval at step {entry['step']}: {shown}")
     if FLAGS.export and distribute.is_chief(strategy):
         summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
-        with open(os.path.join(summary["model_dir"], "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False)
+        checkpoints.write_summary(summary, FLAGS.model_dir)
     log(f"summary:       {os.path.join(summary['model_dir'], 'summary.json')}")
 
 
