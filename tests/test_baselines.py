@@ -3,6 +3,7 @@
 import zlib
 
 import numpy as np
+import pytest
 
 from labse_tf.baselines import CharNgramTfidf
 
@@ -33,3 +34,25 @@ def test_shared_spelling_retrieves_the_right_pair():
     model = CharNgramTfidf(src + tgt)
     sims = model(src) @ model(tgt).T
     assert list(sims.argmax(1)) == [2, 0, 1]
+
+
+def test_evaluate_command_scores_the_baseline(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from labse_tf import data
+    pairs, _ = data.read_pairs([data.sample_corpus_path("heldout")])
+    i = pairs.langs.index("deu")
+    (tmp_path / "tatoeba.deu-eng.deu").write_text("\n".join(pairs.tgt[i]) + "\n", encoding="utf-8")
+    (tmp_path / "tatoeba.deu-eng.eng").write_text("\n".join(pairs.src[i]) + "\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "labse_tf.evaluate", "--trigram_baseline",
+                           f"--tatoeba_dir={tmp_path}", f"--output={out}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    model = CharNgramTfidf(list(pairs.tgt[i]) + list(pairs.src[i]))
+    sims = model(list(pairs.tgt[i])) @ model(list(pairs.src[i])).T
+    gold = np.arange(len(sims))
+    expected = (np.mean(sims.argmax(1) == gold) + np.mean(sims.argmax(0) == gold)) / 2
+    assert json.loads(out.read_text())["mean_accuracy"] == pytest.approx(expected)
