@@ -316,7 +316,7 @@ def write_config(cfg: Config, directory: str) -> str:
     """Writes the resolved config as `config.yaml` in `directory`; returns the path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "config.yaml")
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # processes of one multi-worker run may race here
     with open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
     os.replace(tmp, path)

@@ -95,7 +95,7 @@ def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = 
 def write_vocab(tokens: Sequence[str], path: str) -> str:
     """Writes one token per line (atomically); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # processes of one multi-worker run may race here
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(t + "\n" for t in tokens)
     os.replace(tmp, path)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The small-budget recipe, end to end: vocabulary -> dual-encoder training -> export ->
+# Tatoeba evaluation, side by side with the character-trigram baseline.
+#
+#   bash bench/budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]
+#
+# DATA_DIR has the ../shared/data layout (train/<lang>.tsv.gz); TATOEBA_DIR the standard
+# tatoeba.<lang>-eng.{<lang>,eng} files. Environment overrides (for the CI smoke run):
+# CONFIG (default budget_30min), VOCAB_SIZE, VOCAB_SENTENCES, TRAIN_GLOB, EXTRA_SET.
+set -euo pipefail
+DATA=${1:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
+TATOEBA=${2:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
+OUT=${3:-runs/budget}
+CONFIG=${CONFIG:-budget_30min}
+VOCAB_SIZE=${VOCAB_SIZE:-16000}
+VOCAB_SENTENCES=${VOCAB_SENTENCES:-100000}
+TRAIN_GLOB=${TRAIN_GLOB:-$DATA/train/*.tsv.gz}
+EXTRA_SET=${EXTRA_SET:-}
+mkdir -p "$OUT"
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
+
+stamp "1/4 vocabulary ($VOCAB_SIZE tokens from $VOCAB_SENTENCES sampled sentences)"
+python -m labse_tf.vocab --input="$TRAIN_GLOB" --vocab_size="$VOCAB_SIZE" \
+    --max_sentences="$VOCAB_SENTENCES" --alpha=0.5 --output="$OUT/vocab.txt"
+
+stamp "2/4 dual-encoder training ($CONFIG)"
+set_args=(--set "data.vocab_file=$OUT/vocab.txt")
+for kv in $EXTRA_SET; do set_args+=(--set "$kv"); done
+python -m labse_tf.train --config="$CONFIG" --model_dir="$OUT/model" \
+    --train_data="$TRAIN_GLOB" --export_dir="$OUT/export" "${set_args[@]}"
+
+stamp "3/4 Tatoeba evaluation of the export"
+python -m labse_tf.evaluate --model="$OUT/export" --tatoeba_dir="$TATOEBA" \
+    --output="$OUT/tatoeba.json" | tee "$OUT/tatoeba.txt"
+
+stamp "4/4 character-trigram baseline (no training)"
+python -m labse_tf.evaluate --trigram_baseline --tatoeba_dir="$TATOEBA" \
+    --output="$OUT/trigram.json" | tee "$OUT/trigram.txt"
+
+stamp "done: model vs trigram baseline (mean of both directions)"
+python - "$OUT/tatoeba.json" "$OUT/trigram.json" <<'PY'
+import json, sys
+model, base = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"{'language':<10}{'model':>9}{'trigram':>9}")
+for lang, v in model["languages"].items():
+    print(f"{lang:<10}{v['mean']:>9.1%}{base['languages'][lang]['mean']:>9.1%}")
+print(f"{'average':<10}{model['mean_accuracy']:>9.1%}{base['mean_accuracy']:>9.1%}")
+PY
+stamp "wall-clock total; outputs in $OUT"
