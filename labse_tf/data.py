@@ -240,10 +240,12 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
       `[batch_size, seq_length]` tensors (token_ids, padding_mask, segment_ids).
     """
-    shape = [batch_size, seq_length or preprocessor.seq_length]
+    # A static batch size lets gradient caching split the batch. The sequence length stays
+    # unknown to the graph: with it static, Keras's EinsumDense takes a tf.einsum path
+    # that is ~1.6x slower on CPU (bench/README.md).
+    shape = [batch_size, None]
 
     def tokenize(batch):
-        # Static shapes let gradient caching split the batch and XLA compile once.
         return {side: {k: tf.ensure_shape(v, shape) for k, v in preprocessor(batch[side], seq_length).items()}
                 for side in ("src", "tgt")}
 
