@@ -102,10 +102,13 @@ def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_
     # Sources and targets are concatenated, so there are 2 * local_batch rows.
     starts = range(0, 2 * local_batch, chunk_size)
     chunks = [{k: v[s:s + chunk_size] for k, v in inputs.items()} for s in starts]
+    # Control dependencies chain the chunks: without them the graph executor may run every
+    # chunk's forward pass before any backward pass, keeping all activations alive.
     states, first = [], []
     for chunk in chunks:
-        states.append([tf.identity(g.state.value) for g in generators])
-        first.append(tf.stop_gradient(forward(chunk)))
+        with tf.control_dependencies(first[-1:]):
+            states.append([tf.identity(g.state.value) for g in generators])
+            first.append(tf.stop_gradient(forward(chunk)))
     embeddings = tf.concat(first, 0)
     with tf.GradientTape() as tape:
         tape.watch(embeddings)
@@ -114,10 +117,11 @@ def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_
     grads = [tf.zeros_like(v) for v in variables]
     after = [tf.identity(g.state.value) for g in generators]
     for start, chunk, state in zip(starts, chunks, states):
-        for g, s in zip(generators, state):
-            g.state.assign(s)
-        with tf.GradientTape() as tape:
-            surrogate = tf.reduce_sum(forward(chunk) * cached[start:start + chunk_size])
+        with tf.control_dependencies(grads):
+            for g, s in zip(generators, state):
+                g.state.assign(s)
+            with tf.GradientTape() as tape:
+                surrogate = tf.reduce_sum(forward(chunk) * cached[start:start + chunk_size])
         grads = [a + tf.convert_to_tensor(b) for a, b in zip(grads, tape.gradient(surrogate, variables))]
     for g, s in zip(generators, after):
         g.state.assign(s)
