@@ -1,0 +1,149 @@
+"""Training pieces shared by the training benchmarks: random batches, the `small` config,
+and the Model Garden contender (tf-models-official, imported only when asked for)."""
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+from labse_tf import config as config_lib
+
+# Keras-hub input names → the DualEncoder's input name suffixes.
+_MG_NAMES = {"token_ids": "word_ids", "padding_mask": "mask", "segment_ids": "type_ids"}
+
+
+def random_batches(num: int, batch: int, seq_length: int, vocab_size: int, seed: int = 0) -> dict:
+    """`num` batches of random packed translation pairs, like data.pair_dataset yields.
+
+    Sentences are 8..seq_length tokens: [CLS]=2, random ids ≥ 5, [SEP]=3, then padding 0.
+
+    Returns:
+      {"src"|"tgt": {token_ids, padding_mask, segment_ids}}, int32 `[num, batch, seq_length]`.
+    """
+    rng = np.random.default_rng(seed)
+    positions = np.arange(seq_length)
+
+    def side():
+        lengths = rng.integers(8, seq_length + 1, size=[num, batch, 1])
+        mask = (positions < lengths).astype(np.int32)
+        ids = rng.integers(5, vocab_size, size=[num, batch, seq_length]).astype(np.int32)
+        ids[..., 0] = 2
+        ids = np.where(positions == lengths - 1, 3, ids) * mask
+        return {"token_ids": ids.astype(np.int32), "padding_mask": mask,
+                "segment_ids": np.zeros_like(mask)}
+
+    return {"src": side(), "tgt": side()}
+
+
+def small_config(*, vocab_size: int, seq_length: int, global_batch: int, precision: str = "fp32",
+                 jit: bool = False, chunk_size: int = 0) -> config_lib.Config:
+    """configs/small.yaml with the benchmark's vocabulary, length, batch and switches."""
+    return config_lib.load_config("small", [
+        f"model.vocab_size={vocab_size}", f"data.seq_length={seq_length}",
+        f"train.global_batch_size={global_batch}", f"train.precision={precision}",
+        f"train.jit_compile={str(jit).lower()}", f"train.chunk_size={chunk_size}"])
+
+
+def model_garden_inputs(batches: dict) -> dict:
+    """labse_tf's {"src", "tgt"} packed batches as DualEncoder inputs (left_word_ids, ...)."""
+    return {f"{side}_{_MG_NAMES[k]}": v for side, key in (("left", "src"), ("right", "tgt"))
+            for k, v in batches[key].items()}
+
+
+def model_garden(cfg: config_lib.Config, seq_length: int):
+    """Model Garden's LaBSE dual encoder at `cfg.model`'s shape, its AdamW, and the loss.
+
+    BertEncoder inside DualEncoder(output="logits") with the same scale and margin, the
+    AdamW of Model Garden's OptimizerFactory ("adamw" = AdamWeightDecay, global-norm clip,
+    no decay on LayerNorm and biases) with linear warm-up and polynomial decay.
+
+    Returns:
+      (model, optimizer, loss_fn): loss_fn(model outputs) → the bidirectional in-batch
+      softmax loss, the sum of both directions' means as in labse_tf.
+    """
+    import tf_keras
+    from official.modeling import optimization
+    from official.nlp.modeling import models, networks
+
+    m, o = cfg.model, cfg.optimizer
+    tf_keras.utils.set_random_seed(cfg.train.seed)
+    network = networks.BertEncoder(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_dim, num_layers=m.num_layers,
+        num_attention_heads=m.num_heads, inner_dim=m.intermediate_dim,
+        max_sequence_length=m.max_sequence_length, type_vocab_size=2,
+        output_dropout=m.dropout, attention_dropout=m.dropout, dict_outputs=True)
+    model = models.DualEncoder(network, max_seq_length=seq_length, normalize=True,
+                               logit_scale=cfg.loss.scale, logit_margin=cfg.loss.margin,
+                               output="logits")
+    factory = optimization.OptimizerFactory(optimization.OptimizationConfig({
+        "optimizer": {"type": "adamw", "adamw": {
+            "weight_decay_rate": o.weight_decay, "beta_1": o.beta_1, "beta_2": o.beta_2,
+            "epsilon": o.epsilon, "gradient_clip_norm": o.clipnorm,
+            "exclude_from_weight_decay": ["LayerNorm", "layer_norm", "bias"]}},
+        "learning_rate": {"type": "polynomial", "polynomial": {
+            "initial_learning_rate": cfg.train.learning_rate, "decay_steps": cfg.train.steps,
+            "end_learning_rate": 0.0}},
+        "warmup": {"type": "linear", "linear": {"warmup_steps": o.warmup_steps}}}))
+    optimizer = factory.build_optimizer(factory.build_learning_rate())
+
+    def loss_fn(outputs):
+        left = outputs["left_logits"]  # [b, b], margin already subtracted on the diagonal
+        labels = tf.range(tf.shape(left)[0])
+        xent = tf.nn.sparse_softmax_cross_entropy_with_logits
+        return (tf.reduce_mean(xent(labels, left))
+                + tf.reduce_mean(xent(labels, outputs["right_logits"])))
+
+    return model, optimizer, loss_fn
+
+
+def hide_sequence_length(batch: dict) -> dict:
+    """The same packed tensors, with a sequence dimension the graph does not know statically.
+
+    An experiment on labse_tf's input shapes: data.pair_dataset pins both batch and sequence
+    dimensions, and with a static sequence length Keras 3.15's TensorFlow einsum computes
+    the attention projections (EinsumDense `abc,cde->abde`, `abcd,cde->abe`) as a
+    broadcasting BatchMatMulV2 of the rank-3 input with the rank-2 kernel; on CPU that is
+    several times slower than one large MatMul, and its gradient materialises a
+    `[batch, c, d*e]` intermediate. With the length unknown, Keras falls back to tf.einsum,
+    which flattens to one MatMul. The values are unchanged (always the full length).
+    """
+    length = batch["token_ids"].shape[-1]
+    # Zero, but not a constant the graph can fold into a static shape.
+    end = length + tf.random.uniform([], 0, 1, tf.int32)
+    return {k: v[..., :end] for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def keras_einsum_as_2d_matmul():
+    """An experiment standing in for a Keras fix: EinsumDense projections as one 2-D MatMul.
+
+    The slow path `hide_sequence_length` avoids, fixed where it is instead: while this
+    context is active, Keras's TensorFlow einsum computes `abc,cde->abde` and
+    `abcd,cde->abe` by flattening the input to `[batch*seq, c]` (or `[batch*seq, c*d]`),
+    one MatMul, and a reshape, for any dtype (tf.einsum's bfloat16 kernel on CPU is slow,
+    MatMul's is not). Only functions traced inside the context are affected.
+    """
+    from keras.src.backend.tensorflow import numpy as backend_numpy
+
+    original = backend_numpy.einsum
+
+    def einsum(subscripts, *operands, **kwargs):
+        contracted = _FLATTENED.get(backend_numpy._normalize_einsum_subscripts(subscripts))
+        if contracted and len(operands) == 2 and not kwargs:
+            x, kernel = (tf.convert_to_tensor(o) for o in operands)
+            if x.dtype == kernel.dtype and kernel.shape.is_fully_defined():
+                inner = int(np.prod(kernel.shape[:contracted]))
+                out = tf.matmul(tf.reshape(x, [-1, inner]), tf.reshape(kernel, [inner, -1]))
+                outer = tf.shape(x)[:x.shape.rank - contracted]
+                return tf.reshape(out, tf.concat([outer, kernel.shape[contracted:]], 0))
+        return original(subscripts, *operands, **kwargs)
+
+    backend_numpy.einsum = einsum
+    try:
+        yield
+    finally:
+        backend_numpy.einsum = original
+
+
+# EinsumDense equation → how many leading kernel axes it contracts with the input's last axes.
+_FLATTENED = {"abc,cde->abde": 1, "abcd,cde->abe": 2}

@@ -1,0 +1,225 @@
+r"""Training throughput (pairs/s) of labse_tf against Model Garden at the `small` shape.
+
+    python -m bench.train_throughput                  # the default contenders, ~5 min loaded
+    python -m bench.train_throughput --contenders=labse_fp32,labse_fp32_2dmm,mg_fp32 --windows=6
+
+One training step = both sides through the encoder (training mode, dropout 0.1), the
+bidirectional in-batch softmax ranking loss (scale 20, margin 0.3), gradients, and an AdamW
+update with global-norm clipping at 1.0. Batches are pre-tokenized random token ids (lengths
+8..seq_length, a synthetic vocabulary of --vocab_size ids), fixed before timing and cycled,
+so neither tokenization nor the input pipeline is measured.
+
+Contenders (all in this one process, timed in interleaved windows):
+  labse_*        labse_tf's own step: train.make_train_step (gradients.compute_gradients,
+                 the Keras 3 AdamW of optimization.build_optimizer) run by loop.compile_loop
+                 under a tf.distribute strategy, as labse_tf.train runs it. `_xla` sets
+                 train.jit_compile=true; `_2rep` is MirroredStrategy over 2 logical CPU
+                 devices at the same global batch (1 replica: OneDeviceStrategy);
+                 `_dynseq` and `_2dmm` are experiments around one slow path in Keras's
+                 einsum (see bench/README.md): `_dynseq` feeds batches whose sequence
+                 dimension is not static (_train_common.hide_sequence_length), `_2dmm`
+                 traces the step under _train_common.keras_einsum_as_2d_matmul.
+  mg_fp32        Model Garden (tf-models-official, tf_keras): networks.BertEncoder inside
+                 models.DualEncoder(output="logits"), the loss written here, the AdamW of
+                 Model Garden's OptimizerFactory ("adamw" = AdamWeightDecay, clip 1.0),
+                 several steps per tf.function call like labse_tf's loop.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from labse_tf import distribute  # noqa: E402
+
+# Two logical CPU devices must exist before TensorFlow initialises its devices.
+distribute.set_cpu_devices(2)
+
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from bench import _common, _train_common  # noqa: E402
+from labse_tf.loop import compile_loop  # noqa: E402
+from labse_tf.model import build_encoder  # noqa: E402
+from labse_tf.optimization import build_optimizer  # noqa: E402
+from labse_tf.train import make_train_step  # noqa: E402
+
+NAME = "train_throughput"
+# name → (precision, jit_compile, replicas, experiment: "", "dynseq" or "2dmm");
+# None marks Model Garden.
+CONTENDERS = {
+    "labse_fp32": ("fp32", False, 1, ""),
+    "labse_bf16": ("bf16", False, 1, ""),
+    "labse_fp32_xla": ("fp32", True, 1, ""),
+    "labse_bf16_xla": ("bf16", True, 1, ""),
+    "labse_fp32_2rep": ("fp32", False, 2, ""),
+    "labse_bf16_2rep": ("bf16", False, 2, ""),
+    "labse_fp32_dynseq": ("fp32", False, 1, "dynseq"),
+    "labse_bf16_dynseq": ("bf16", False, 1, "dynseq"),
+    "labse_fp32_2dmm": ("fp32", False, 1, "2dmm"),
+    "labse_bf16_2dmm": ("bf16", False, 1, "2dmm"),
+    "labse_fp32_2dmm_2rep": ("fp32", False, 2, "2dmm"),
+    "labse_fp32_xla_2dmm": ("fp32", True, 1, "2dmm"),
+    "labse_bf16_xla_2dmm": ("bf16", True, 1, "2dmm"),
+    "mg_fp32": None,
+}
+DEFAULT_CONTENDERS = ["labse_fp32", "labse_bf16", "labse_fp32_xla", "labse_bf16_xla",
+                      "labse_fp32_2rep", "mg_fp32"]
+# (numerator, denominator, target): the ratios reported.
+RATIOS = [("labse_fp32", "mg_fp32", ">= 1.0"), ("labse_bf16", "mg_fp32", ">= 2.0"),
+          ("labse_fp32_2rep", "labse_fp32", ">= 0.9"), ("labse_bf16_2rep", "labse_bf16", ">= 0.9"),
+          ("labse_bf16", "labse_fp32", None), ("labse_fp32_xla", "labse_fp32", None),
+          ("labse_bf16_xla", "labse_bf16", None), ("labse_fp32_xla", "mg_fp32", None),
+          ("labse_bf16_xla", "mg_fp32", None), ("labse_fp32_dynseq", "labse_fp32", None),
+          ("labse_fp32_dynseq", "mg_fp32", None), ("labse_bf16_dynseq", "mg_fp32", None),
+          ("labse_fp32_2dmm", "labse_fp32", None), ("labse_fp32_2dmm", "mg_fp32", None),
+          ("labse_bf16_2dmm", "mg_fp32", None), ("labse_bf16_2dmm", "labse_fp32_2dmm", None),
+          ("labse_fp32_2dmm_2rep", "labse_fp32_2dmm", ">= 0.9"),
+          ("labse_fp32_xla_2dmm", "mg_fp32", None), ("labse_bf16_xla_2dmm", "mg_fp32", None),
+          ("labse_fp32_xla_2dmm", "labse_fp32_2dmm", None)]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("contenders", DEFAULT_CONTENDERS, f"Which to run, of {list(CONTENDERS)}.")
+flags.DEFINE_integer("global_batch", 128, "Pairs per optimizer step (all replicas).")
+flags.DEFINE_integer("seq_length", 32, "Tokens per sentence.")
+flags.DEFINE_integer("vocab_size", 32000, "Synthetic vocabulary size (embedding rows).")
+flags.DEFINE_integer("steps_per_window", 1, "Optimizer steps per timed window (one "
+                     "tf.function call of labse_tf's loop).")
+flags.DEFINE_integer("windows", 4, "Timed windows per contender (the median is reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed windows per contender first (tracing, XLA).")
+flags.DEFINE_integer("distinct_batches", 4, "Distinct random batches cycled through.")
+flags.DEFINE_string("output", _common.default_output(NAME), "Where to write the JSON results.")
+
+
+def _config(precision: str = "fp32", jit: bool = False):
+    return _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
+                                      global_batch=FLAGS.global_batch, precision=precision,
+                                      jit=jit)
+
+
+def _check(loss: float, name: str) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{name}: non-finite loss {loss}")
+
+
+def labse_contender(name: str, strategy, precision: str, jit: bool, experiment: str,
+                    batches: dict):
+    """A window function running labse_tf's own step and loop; returns the pairs done."""
+    cfg = _config(precision, jit)
+    per_replica = FLAGS.global_batch // strategy.num_replicas_in_sync
+    # One input pipeline hands consecutive elements to consecutive replicas, so each
+    # global batch is split into per-replica batches in order.
+    split = tf.nest.map_structure(lambda x: x.reshape([-1, per_replica, FLAGS.seq_length]),
+                                  batches)
+
+    def dataset_fn(ctx):
+        dataset = tf.data.Dataset.from_tensor_slices(split).repeat()
+        if experiment == "dynseq":
+            dataset = dataset.map(lambda b: {side: _train_common.hide_sequence_length(packed)
+                                             for side, packed in b.items()})
+        return dataset.prefetch(2)
+
+    with strategy.scope():
+        encoder = build_encoder(cfg.model, cfg.model.vocab_size, precision)
+        optimizer = build_optimizer(cfg.optimizer, learning_rate=cfg.train.learning_rate,
+                                    total_steps=cfg.train.steps, precision=precision)
+        optimizer.build(encoder.trainable_variables)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    loop = compile_loop(strategy, make_train_step(encoder, optimizer, cfg),
+                        ["loss", "src_to_tgt_accuracy", "tgt_to_src_accuracy"])
+    steps = tf.constant(FLAGS.steps_per_window)
+
+    def window():
+        # The loop is traced on its first call: under the 2dmm experiment if asked.
+        with (_train_common.keras_einsum_as_2d_matmul() if experiment == "2dmm"
+              else contextlib.nullcontext()):
+            _check(float(loop(iterator, steps)["loss"]), name)
+        return FLAGS.steps_per_window * FLAGS.global_batch
+
+    return window
+
+
+def model_garden_contender(batches: dict):
+    """A window function training Model Garden's dual encoder on the same batches."""
+    model, optimizer, loss_fn = _train_common.model_garden(_config(), FLAGS.seq_length)
+    inputs = _train_common.model_garden_inputs(batches)
+    iterator = iter(tf.data.Dataset.from_tensor_slices(inputs).repeat().prefetch(2))
+
+    @tf.function
+    def loop(num_steps):
+        # Several steps per call, like labse_tf's loop (and Model Garden's Orbit trainers).
+        total = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model(next(iterator), training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            total += loss
+        return total / tf.cast(num_steps, tf.float32)
+
+    steps = tf.constant(FLAGS.steps_per_window)
+
+    def window():
+        _check(float(loop(steps)), "mg_fp32")
+        return FLAGS.steps_per_window * FLAGS.global_batch
+
+    return window, model.network.count_params()
+
+
+def main(argv):
+    del argv
+    unknown = [c for c in FLAGS.contenders if c not in CONTENDERS]
+    if unknown:
+        raise app.UsageError(f"--contenders: unknown {unknown}; known: {list(CONTENDERS)}")
+    logging.set_verbosity(logging.WARNING)
+    # Quiet: strategy set-up chatter, and retracing warnings (one tf.function per contender).
+    tf.get_logger().setLevel("ERROR")
+    log = _common.log
+    machine = _common.machine_info()
+    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
+        f"{machine['load_average_1_5_15']}")
+    keras.utils.set_random_seed(42)
+    batches = _train_common.random_batches(FLAGS.distinct_batches, FLAGS.global_batch,
+                                           FLAGS.seq_length, FLAGS.vocab_size)
+    strategies = {1: tf.distribute.OneDeviceStrategy("/cpu:0"),
+                  2: tf.distribute.MirroredStrategy(
+                      ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())}
+    contenders, notes = {}, {}
+    for name in FLAGS.contenders:
+        tick = time.perf_counter()
+        if CONTENDERS[name] is None:
+            try:
+                contenders[name], params = model_garden_contender(batches)
+            except ImportError as e:
+                notes[name] = f"skipped: cannot import Model Garden ({type(e).__name__}: {e})"
+                log(f"{name}: {notes[name]}")
+                continue
+            notes[name] = f"BertEncoder, {params:,} parameters"
+        else:
+            precision, jit, replicas, experiment = CONTENDERS[name]
+            contenders[name] = labse_contender(name, strategies[replicas], precision, jit,
+                                               experiment, batches)
+        log(f"built {name} in {time.perf_counter() - tick:.1f} s")
+
+    log(f"timing {len(contenders)} contenders: {FLAGS.warmup} warm-up + {FLAGS.windows} "
+        f"windows of {FLAGS.steps_per_window} step(s) x {FLAGS.global_batch} pairs each")
+    rates, cpu_rates = _common.interleaved(contenders, windows=FLAGS.windows,
+                                           warmup=FLAGS.warmup, label="pairs")
+    report = _common.rate_report(rates, cpu_rates, RATIOS, unit="pairs/s", notes=notes)
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    _common.write_results({
+        "benchmark": NAME, "machine": machine,
+        "setup": {"global_batch": FLAGS.global_batch, "seq_length": FLAGS.seq_length,
+                  "vocab_size": FLAGS.vocab_size, "steps_per_window": FLAGS.steps_per_window,
+                  "windows": FLAGS.windows, "warmup": FLAGS.warmup,
+                  "model": "configs/small.yaml"},
+        "pairs_per_second": report["rates"], "ratios": report["ratios"], "notes": notes},
+        FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
