@@ -32,15 +32,23 @@ def default_output(name: str) -> str:
     return os.path.join(RESULTS_DIR, f"{name}.json")
 
 
+# CPU features that decide what fp32/bf16 matmuls can run at.
+_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+
+
 def _cpu_model() -> str:
+    """`model name (family F model M)` and the matmul-relevant flags, from /proc/cpuinfo."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    flags = [f for f in _FLAGS_OF_INTEREST if f in fields.get("flags", "").split()]
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}; {' '.join(flags) or 'no AVX'})")
 
 
 def _mem_total_gib() -> float | None:

@@ -1,7 +1,11 @@
-"""Training pieces shared by the training benchmarks: random batches, the `small` config,
-and the Model Garden contender (tf-models-official, imported only when asked for)."""
+"""Training pieces shared by the training benchmarks: random batches shaped like labse_tf's
+pipeline, the `small` config, the Model Garden contender (tf-models-official, imported only
+when asked for), and the einsum experiment."""
 
 import contextlib
+import functools
+import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -96,17 +100,47 @@ def model_garden(cfg: config_lib.Config, seq_length: int):
     return model, optimizer, loss_fn
 
 
-def hide_sequence_length(batch: dict) -> dict:
-    """The same packed tensors, with a sequence dimension the graph does not know statically.
+@functools.lru_cache
+def pipeline_shape(batch_size: int, seq_length: int) -> tf.TensorShape:
+    """The static shape of token_ids in labse_tf.data.pair_dataset's batches.
 
-    An experiment on labse_tf's input shapes: data.pair_dataset pins both batch and sequence
-    dimensions, and with a static sequence length Keras 3.15's TensorFlow einsum computes
-    the attention projections (EinsumDense `abc,cde->abde`, `abcd,cde->abe`) as a
-    broadcasting BatchMatMulV2 of the rank-3 input with the rank-2 kernel; on CPU that is
-    several times slower than one large MatMul, and its gradient materialises a
-    `[batch, c, d*e]` intermediate. With the length unknown, Keras falls back to tf.einsum,
-    which flattens to one MatMul. The values are unchanged (always the full length).
+    The benchmarks feed random batches instead of the real pipeline, but with the static
+    shape the pipeline gives, because the shape decides which kernels Keras traces: with a
+    static sequence length, Keras 3.15's TensorFlow einsum computes the attention
+    projections (EinsumDense `abc,cde->abde`, `abcd,cde->abe`) as a broadcasting
+    BatchMatMulV2 of the rank-3 input with the rank-2 kernel (slow on CPU, and its
+    gradient materialises a `[batch, c, d*e]` intermediate); with it unknown, as tf.einsum.
     """
+    from labse_tf import data, vocab
+    from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = vocab.write_vocab(list(SPECIAL_TOKENS), os.path.join(tmp, "vocab.txt"))
+        pairs, _ = data.read_pairs([data.sample_corpus_path("train")])
+        dataset = data.pair_dataset(pairs, Preprocessor(vocab_file, seq_length=seq_length),
+                                    batch_size=batch_size, alpha=0.3, seed=0)
+        return dataset.element_spec["src"]["token_ids"].shape
+
+
+def shaped_like_pipeline(dataset: tf.data.Dataset, length: str = "pipeline") -> tf.data.Dataset:
+    """`dataset` of {"src", "tgt"} packed batches with the sequence dimension static or not.
+
+    Args:
+      dataset: tf.data.Dataset of static-shaped packed batches.
+      length: str. "pipeline": as labse_tf.data.pair_dataset has it (`pipeline_shape`);
+        "static": known to the graph; "dynamic": unknown to the graph.
+    """
+    if length == "pipeline":
+        spec = dataset.element_spec["src"]["token_ids"].shape
+        length = "static" if pipeline_shape(spec[0], spec[1])[1] is not None else "dynamic"
+    if length == "static":
+        return dataset
+    return dataset.map(lambda b: {side: hide_sequence_length(packed) for side, packed in b.items()})
+
+
+def hide_sequence_length(batch: dict) -> dict:
+    """The same packed tensors, with a sequence dimension the graph does not know statically
+    (see `pipeline_shape`). The values are unchanged (always the full length)."""
     length = batch["token_ids"].shape[-1]
     # Zero, but not a constant the graph can fold into a static shape.
     end = length + tf.random.uniform([], 0, 1, tf.int32)
@@ -117,11 +151,12 @@ def hide_sequence_length(batch: dict) -> dict:
 def keras_einsum_as_2d_matmul():
     """An experiment standing in for a Keras fix: EinsumDense projections as one 2-D MatMul.
 
-    The slow path `hide_sequence_length` avoids, fixed where it is instead: while this
-    context is active, Keras's TensorFlow einsum computes `abc,cde->abde` and
+    While this context is active, Keras's TensorFlow einsum computes `abc,cde->abde` and
     `abcd,cde->abe` by flattening the input to `[batch*seq, c]` (or `[batch*seq, c*d]`),
-    one MatMul, and a reshape, for any dtype (tf.einsum's bfloat16 kernel on CPU is slow,
-    MatMul's is not). Only functions traced inside the context are affected.
+    one MatMul, and a reshape, whether the sequence length is static (instead of a
+    broadcasting BatchMatMulV2, see `pipeline_shape`) or not (instead of tf.einsum, whose
+    bfloat16 kernel on CPU is several times slower than MatMul's). Only functions traced
+    inside the context are affected.
     """
     from keras.src.backend.tensorflow import numpy as backend_numpy
 

@@ -106,9 +106,9 @@ def main(argv):
     log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
         f"{machine['load_average_1_5_15']}")
     runs = []
-    for n in map(int, FLAGS.sizes):
-        # Operations alternate at each size, so neither always runs at the quieter time.
-        for op in (FLAGS.ops if len(runs) % 2 == 0 else FLAGS.ops[::-1]):
+    for i, n in enumerate(map(int, FLAGS.sizes)):
+        # The order of the operations alternates by size, so neither always runs first.
+        for op in (FLAGS.ops if i % 2 == 0 else FLAGS.ops[::-1]):
             log(f"{op} on {n:,} x {n:,} sentences (dim {FLAGS.dim}) in a fresh process ...")
             result = _common.run_worker(
                 "eval_scaling", [f"--worker={op}", f"--n={n}", f"--dim={FLAGS.dim}",

@@ -58,7 +58,7 @@ flags.DEFINE_string("output", _common.default_output(NAME), "Where to write the 
 
 def sample_sentences() -> list[str]:
     """Both sides of the shipped sample corpus (train and held-out)."""
-    pairs, _ = data.read_pairs([data.sample_corpus_path("train"), data.sample_corpus_path("heldout")])
+    pairs, _ = data.read_pairs([data.sample_corpus_path(split) for split in ("train", "heldout")])
     _, src, tgt = pairs.flat()
     return src + tgt
 

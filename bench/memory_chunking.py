@@ -1,15 +1,15 @@
 r"""Peak memory and throughput of training with and without gradient caching (issue #7).
 
     python -m bench.memory_chunking                               # batches 128 and 1024
-    python -m bench.memory_chunking --batches=128,1024,4096       # the README's table
+    python -m bench.memory_chunking --batches=128,1024,4096 --steps=2   # the README
 
 For each global batch and train.chunk_size (0 = the whole batch at once; 64 = gradient
 caching in chunks of 64 pairs, gradients.compute_gradients), a fresh subprocess builds the
 `small` encoder (fp32, 1 replica, OneDeviceStrategy, synthetic vocabulary of --vocab_size),
 and runs labse_tf's own step (train.make_train_step in loop.compile_loop) on pre-tokenized
-random batches: one untimed step (tracing; the first step also allocates everything a
-step needs), then timed steps of one loop call each until --steps are done or
---time_budget seconds have passed (at least one). It reports pairs/s (median of the timed
+random batches shaped like data.pair_dataset's: one untimed step (tracing; the first step
+also allocates everything a step needs), then timed steps of one loop call each until
+--steps are done or --time_budget seconds have passed (at least one). It reports pairs/s (median of the timed
 steps) and max RSS (getrusage) after building the model and after the steps.
 
 --einsum_2d_matmul traces every step under _train_common.keras_einsum_as_2d_matmul, the
@@ -18,10 +18,10 @@ materialises `[2*batch, 256, 256]` intermediates in the attention projections).
 
 The two chunk sizes of one batch run back to back, alternating which goes first, so they
 see similar load. Batches run in increasing order, and a run whose max RSS, extrapolated
-from the smaller batches of the same chunk size (a line through two or more, or
-the growth over the built model scaled from one), would exceed --max_rss_gb is skipped:
-the machine is shared.
-Results are rewritten to --output after every run.
+from the smaller batches of the same chunk size (a line through two or more, or the growth
+over the built model scaled from one), would exceed --max_rss_gb is skipped: the machine is
+shared. Results are rewritten to --output after every run; --resume keeps the runs already
+there.
 """
 
 import os
@@ -29,6 +29,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -46,6 +47,11 @@ flags.DEFINE_integer("steps", 3, "Timed steps per setting, at most.")
 flags.DEFINE_float("time_budget", 60.0, "Seconds of timed steps per setting, at most (at "
                    "least one step always runs).")
 flags.DEFINE_float("max_rss_gb", 16.0, "Skip a run predicted to exceed this max RSS.")
+flags.DEFINE_integer("max_chunks", 64, "Skip chunked settings with more chunks than this per "
+                     "step (2 x batch / chunk_size): labse_tf unrolls the chunks into the graph, "
+                     "which took ~7 minutes to build at 32 chunks on the loaded machine.")
+flags.DEFINE_bool("resume", False, "Keep the runs already in --output (same settings) and "
+                  "measure only the missing ones.")
 flags.DEFINE_list("memory_gb", ["4", "8", "16"], "Memory sizes for which the largest batch "
                   "that fits is extrapolated.")
 flags.DEFINE_bool("einsum_2d_matmul", False, "Run the einsum experiment (see above).")
@@ -75,7 +81,8 @@ def worker() -> dict:
                                      global_batch=FLAGS.batch, chunk_size=FLAGS.chunk)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     batches = _train_common.random_batches(2, FLAGS.batch, FLAGS.seq_length, FLAGS.vocab_size)
-    dataset = tf.data.Dataset.from_tensor_slices(batches).repeat().prefetch(1)
+    dataset = _train_common.shaped_like_pipeline(
+        tf.data.Dataset.from_tensor_slices(batches).repeat()).prefetch(1)
     with strategy.scope():
         encoder = build_encoder(cfg.model, cfg.model.vocab_size, "fp32")
         optimizer = build_optimizer(cfg.optimizer, learning_rate=cfg.train.learning_rate,
@@ -131,6 +138,20 @@ def _write(machine: dict, runs, skipped, costs: dict, fits: dict, quiet: bool = 
         _common.write_results(results, FLAGS.output)
 
 
+def _resumed_runs() -> list:
+    """With --resume, the runs in --output measured with the same settings as now."""
+    if not (FLAGS.resume and os.path.exists(FLAGS.output)):
+        return []
+    with open(FLAGS.output, encoding="utf-8") as f:
+        old = json.load(f)
+    keys = ("seq_length", "vocab_size", "einsum_2d_matmul")
+    if any(old["setup"].get(k) != getattr(FLAGS, k) for k in keys):
+        raise app.UsageError(f"--resume: {FLAGS.output} was measured with other settings "
+                             f"({ {k: old['setup'].get(k) for k in keys} })")
+    _common.log(f"resuming: {len(old['runs'])} runs kept from {FLAGS.output}")
+    return old["runs"]
+
+
 def _predicted_rss(runs, batch: int, chunk: int):
     """Max RSS expected at `batch` from the smaller runs of the same chunk size, or None."""
     same = [r for r in runs if r["chunk_size"] == chunk]
@@ -154,12 +175,21 @@ def main(argv):
     log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
         f"{machine['load_average_1_5_15']}")
     chunks = [int(c) for c in FLAGS.chunk_sizes]
-    runs, skipped = [], []
+    runs, skipped = _resumed_runs(), []
     for i, batch in enumerate(sorted(map(int, FLAGS.batches))):
         for chunk in (chunks if i % 2 == 0 else chunks[::-1]):
             if chunk and batch % chunk:
                 log(f"skipped batch {batch} chunk {chunk}: the chunk must divide the batch")
                 continue
+            if chunk and 2 * batch // chunk > FLAGS.max_chunks:
+                why = (f"batch {batch}, chunk_size {chunk}: {2 * batch // chunk} chunks per "
+                       f"step > --max_chunks={FLAGS.max_chunks} (graph build time)")
+                log(f"skipped {why}")
+                skipped.append({"batch": batch, "chunk_size": chunk, "why": why,
+                                "predicted_rss_bytes": _predicted_rss(runs, batch, chunk)})
+                continue
+            if any(r["batch"] == batch and r["chunk_size"] == chunk for r in runs):
+                continue  # kept from --output by --resume
             predicted = _predicted_rss(runs, batch, chunk)
             if predicted and predicted > FLAGS.max_rss_gb * GIB:
                 why = (f"batch {batch}, chunk_size {chunk}: predicted max RSS "
@@ -210,7 +240,8 @@ def main(argv):
           f"{r['rss_peak_bytes'] / GIB:.2f}"]
          for r in sorted(runs, key=lambda r: (r["batch"], r["chunk_size"]))]
         + [[s["batch"], s["chunk_size"], "skipped", "", "",
-            f"~{s['predicted_rss_bytes'] / GIB:.1f} predicted"] for s in skipped]))
+            f"~{s['predicted_rss_bytes'] / GIB:.1f} predicted" if s["predicted_rss_bytes"]
+            else ""] for s in skipped]))
     if costs:
         log("")
         log(_common.table(["throughput cost of chunking (1 - chunked/unchunked)", "value",

@@ -12,8 +12,9 @@ tf.function call on a fixed batch:
   update     the optimizer update alone, applying one fixed set of real gradients
   step       gradients + update (labse_tf: train.make_train_step)
 
-`_dynseq` and `_2dmm` are the experiments of bench.train_throughput: the batch seen through
-_train_common.hide_sequence_length, or the parts traced under
+The labse_tf batch has the static shape of labse_tf.data.pair_dataset's batches, as in
+bench.train_throughput, whose experiments are here too: `_static` / `_dynseq` make the
+sequence length known / unknown to the graph, `_2dmm` traces the parts under
 _train_common.keras_einsum_as_2d_matmul.
 
 Parts run in interleaved windows like the other benchmarks; the table gives the median
@@ -40,12 +41,16 @@ from labse_tf.optimization import build_optimizer  # noqa: E402
 from labse_tf.train import make_train_step  # noqa: E402
 
 NAME = "train_breakdown"
-# name → (precision, jit_compile, experiment: "", "dynseq" or "2dmm"); None: Model Garden.
+# name → (precision, jit_compile, experiment: "", "static", "dynseq" or "2dmm");
+# None marks Model Garden.
 CONTENDERS = {"labse_fp32": ("fp32", False, ""), "labse_bf16": ("bf16", False, ""),
               "labse_fp32_xla": ("fp32", True, ""), "labse_bf16_xla": ("bf16", True, ""),
+              "labse_fp32_static": ("fp32", False, "static"),
+              "labse_bf16_static": ("bf16", False, "static"),
               "labse_fp32_dynseq": ("fp32", False, "dynseq"),
               "labse_bf16_dynseq": ("bf16", False, "dynseq"),
-              "labse_fp32_2dmm": ("fp32", False, "2dmm"), "labse_bf16_2dmm": ("bf16", False, "2dmm"),
+              "labse_fp32_2dmm": ("fp32", False, "2dmm"),
+              "labse_bf16_2dmm": ("bf16", False, "2dmm"),
               "mg_fp32": None}
 PARTS = ("forward", "gradients", "update", "step")
 
@@ -99,9 +104,12 @@ def labse_parts(precision: str, jit: bool, experiment: str, constant_batch: dict
     if jit:
         forward = tf.function(forward, jit_compile=True)
 
+    pipeline_length = _train_common.pipeline_shape(FLAGS.global_batch, FLAGS.seq_length)[1]
+    dynamic = experiment == "dynseq" or (experiment != "static" and pipeline_length is None)
+
     def batch():
-        """The fixed batch, inside the traced part (with its length hidden, if asked)."""
-        if experiment != "dynseq":
+        """The fixed batch inside the traced part, shaped like the pipeline's."""
+        if not dynamic:
             return constant_batch
         return {side: _train_common.hide_sequence_length(packed)
                 for side, packed in constant_batch.items()}

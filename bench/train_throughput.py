@@ -12,13 +12,15 @@ so neither tokenization nor the input pipeline is measured.
 Contenders (all in this one process, timed in interleaved windows):
   labse_*        labse_tf's own step: train.make_train_step (gradients.compute_gradients,
                  the Keras 3 AdamW of optimization.build_optimizer) run by loop.compile_loop
-                 under a tf.distribute strategy, as labse_tf.train runs it. `_xla` sets
-                 train.jit_compile=true; `_2rep` is MirroredStrategy over 2 logical CPU
-                 devices at the same global batch (1 replica: OneDeviceStrategy);
-                 `_dynseq` and `_2dmm` are experiments around one slow path in Keras's
-                 einsum (see bench/README.md): `_dynseq` feeds batches whose sequence
-                 dimension is not static (_train_common.hide_sequence_length), `_2dmm`
-                 traces the step under _train_common.keras_einsum_as_2d_matmul.
+                 under a tf.distribute strategy, as labse_tf.train runs it, fed batches
+                 with the static shape data.pair_dataset gives (_train_common.pipeline_shape).
+                 `_xla` sets train.jit_compile=true; `_2rep` is MirroredStrategy over 2
+                 logical CPU devices at the same global batch (1 replica: OneDeviceStrategy);
+                 `_chunk64` sets train.chunk_size=64 (see also bench.memory_chunking).
+                 Experiments around Keras's einsum (see bench/README.md): `_static` and
+                 `_dynseq` make the sequence length known or unknown to the graph whatever
+                 the pipeline does; `_2dmm` traces the step under
+                 _train_common.keras_einsum_as_2d_matmul.
   mg_fp32        Model Garden (tf-models-official, tf_keras): networks.BertEncoder inside
                  models.DualEncoder(output="logits"), the loss written here, the AdamW of
                  Model Garden's OptimizerFactory ("adamw" = AdamWeightDecay, clip 1.0),
@@ -49,22 +51,28 @@ from labse_tf.optimization import build_optimizer  # noqa: E402
 from labse_tf.train import make_train_step  # noqa: E402
 
 NAME = "train_throughput"
-# name → (precision, jit_compile, replicas, experiment: "", "dynseq" or "2dmm");
+# name → (precision, jit_compile, replicas, experiment, chunk_size); experiment is "" (the
+# pipeline's shapes), "static" or "dynseq" (sequence length known or not), or "2dmm";
 # None marks Model Garden.
 CONTENDERS = {
-    "labse_fp32": ("fp32", False, 1, ""),
-    "labse_bf16": ("bf16", False, 1, ""),
-    "labse_fp32_xla": ("fp32", True, 1, ""),
-    "labse_bf16_xla": ("bf16", True, 1, ""),
-    "labse_fp32_2rep": ("fp32", False, 2, ""),
-    "labse_bf16_2rep": ("bf16", False, 2, ""),
-    "labse_fp32_dynseq": ("fp32", False, 1, "dynseq"),
-    "labse_bf16_dynseq": ("bf16", False, 1, "dynseq"),
-    "labse_fp32_2dmm": ("fp32", False, 1, "2dmm"),
-    "labse_bf16_2dmm": ("bf16", False, 1, "2dmm"),
-    "labse_fp32_2dmm_2rep": ("fp32", False, 2, "2dmm"),
-    "labse_fp32_xla_2dmm": ("fp32", True, 1, "2dmm"),
-    "labse_bf16_xla_2dmm": ("bf16", True, 1, "2dmm"),
+    "labse_fp32": ("fp32", False, 1, "", 0),
+    "labse_bf16": ("bf16", False, 1, "", 0),
+    "labse_fp32_xla": ("fp32", True, 1, "", 0),
+    "labse_bf16_xla": ("bf16", True, 1, "", 0),
+    "labse_fp32_2rep": ("fp32", False, 2, "", 0),
+    "labse_bf16_2rep": ("bf16", False, 2, "", 0),
+    "labse_fp32_static": ("fp32", False, 1, "static", 0),
+    "labse_bf16_static": ("bf16", False, 1, "static", 0),
+    "labse_fp32_xla_static": ("fp32", True, 1, "static", 0),
+    "labse_fp32_dynseq": ("fp32", False, 1, "dynseq", 0),
+    "labse_bf16_dynseq": ("bf16", False, 1, "dynseq", 0),
+    "labse_fp32_2dmm": ("fp32", False, 1, "2dmm", 0),
+    "labse_bf16_2dmm": ("bf16", False, 1, "2dmm", 0),
+    "labse_fp32_2dmm_2rep": ("fp32", False, 2, "2dmm", 0),
+    "labse_fp32_xla_2dmm": ("fp32", True, 1, "2dmm", 0),
+    "labse_bf16_xla_2dmm": ("bf16", True, 1, "2dmm", 0),
+    "labse_fp32_chunk64": ("fp32", False, 1, "", 64),
+    "labse_fp32_2dmm_chunk64": ("fp32", False, 1, "2dmm", 64),
     "mg_fp32": None,
 }
 DEFAULT_CONTENDERS = ["labse_fp32", "labse_bf16", "labse_fp32_xla", "labse_bf16_xla",
@@ -74,13 +82,18 @@ RATIOS = [("labse_fp32", "mg_fp32", ">= 1.0"), ("labse_bf16", "mg_fp32", ">= 2.0
           ("labse_fp32_2rep", "labse_fp32", ">= 0.9"), ("labse_bf16_2rep", "labse_bf16", ">= 0.9"),
           ("labse_bf16", "labse_fp32", None), ("labse_fp32_xla", "labse_fp32", None),
           ("labse_bf16_xla", "labse_bf16", None), ("labse_fp32_xla", "mg_fp32", None),
-          ("labse_bf16_xla", "mg_fp32", None), ("labse_fp32_dynseq", "labse_fp32", None),
-          ("labse_fp32_dynseq", "mg_fp32", None), ("labse_bf16_dynseq", "mg_fp32", None),
-          ("labse_fp32_2dmm", "labse_fp32", None), ("labse_fp32_2dmm", "mg_fp32", None),
-          ("labse_bf16_2dmm", "mg_fp32", None), ("labse_bf16_2dmm", "labse_fp32_2dmm", None),
+          ("labse_bf16_xla", "mg_fp32", None),
+          ("labse_fp32_static", "mg_fp32", None), ("labse_fp32", "labse_fp32_static", None),
+          ("labse_bf16_static", "mg_fp32", None), ("labse_bf16", "labse_bf16_static", None),
+          ("labse_fp32_xla_static", "labse_fp32_static", None),
+          ("labse_fp32_dynseq", "mg_fp32", None), ("labse_fp32_dynseq", "labse_fp32", None),
+          ("labse_bf16_dynseq", "mg_fp32", None), ("labse_bf16_dynseq", "labse_bf16", None),
+          ("labse_fp32_2dmm", "mg_fp32", None), ("labse_fp32_2dmm", "labse_fp32", None),
+          ("labse_bf16_2dmm", "mg_fp32", None), ("labse_bf16_2dmm", "labse_bf16", None),
           ("labse_fp32_2dmm_2rep", "labse_fp32_2dmm", ">= 0.9"),
           ("labse_fp32_xla_2dmm", "mg_fp32", None), ("labse_bf16_xla_2dmm", "mg_fp32", None),
-          ("labse_fp32_xla_2dmm", "labse_fp32_2dmm", None)]
+          ("labse_fp32_chunk64", "labse_fp32", ">= 0.65"),
+          ("labse_fp32_2dmm_chunk64", "labse_fp32_2dmm", ">= 0.65")]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("contenders", DEFAULT_CONTENDERS, f"Which to run, of {list(CONTENDERS)}.")
@@ -95,10 +108,10 @@ flags.DEFINE_integer("distinct_batches", 4, "Distinct random batches cycled thro
 flags.DEFINE_string("output", _common.default_output(NAME), "Where to write the JSON results.")
 
 
-def _config(precision: str = "fp32", jit: bool = False):
+def _config(precision: str = "fp32", jit: bool = False, chunk_size: int = 0):
     return _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
                                       global_batch=FLAGS.global_batch, precision=precision,
-                                      jit=jit)
+                                      jit=jit, chunk_size=chunk_size)
 
 
 def _check(loss: float, name: str) -> None:
@@ -107,9 +120,9 @@ def _check(loss: float, name: str) -> None:
 
 
 def labse_contender(name: str, strategy, precision: str, jit: bool, experiment: str,
-                    batches: dict):
+                    chunk_size: int, batches: dict):
     """A window function running labse_tf's own step and loop; returns the pairs done."""
-    cfg = _config(precision, jit)
+    cfg = _config(precision, jit, chunk_size)
     per_replica = FLAGS.global_batch // strategy.num_replicas_in_sync
     # One input pipeline hands consecutive elements to consecutive replicas, so each
     # global batch is split into per-replica batches in order.
@@ -118,10 +131,8 @@ def labse_contender(name: str, strategy, precision: str, jit: bool, experiment: 
 
     def dataset_fn(ctx):
         dataset = tf.data.Dataset.from_tensor_slices(split).repeat()
-        if experiment == "dynseq":
-            dataset = dataset.map(lambda b: {side: _train_common.hide_sequence_length(packed)
-                                             for side, packed in b.items()})
-        return dataset.prefetch(2)
+        length = {"static": "static", "dynseq": "dynamic"}.get(experiment, "pipeline")
+        return _train_common.shaped_like_pipeline(dataset, length).prefetch(2)
 
     with strategy.scope():
         encoder = build_encoder(cfg.model, cfg.model.vocab_size, precision)
@@ -200,9 +211,9 @@ def main(argv):
                 continue
             notes[name] = f"BertEncoder, {params:,} parameters"
         else:
-            precision, jit, replicas, experiment = CONTENDERS[name]
+            precision, jit, replicas, experiment, chunk_size = CONTENDERS[name]
             contenders[name] = labse_contender(name, strategies[replicas], precision, jit,
-                                               experiment, batches)
+                                               experiment, chunk_size, batches)
         log(f"built {name} in {time.perf_counter() - tick:.1f} s")
 
     log(f"timing {len(contenders)} contenders: {FLAGS.warmup} warm-up + {FLAGS.windows} "
