@@ -99,30 +99,45 @@ def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_
     if local_batch is None or local_batch % chunk_size:
         raise ValueError(f"train.chunk_size={chunk_size} must divide the per-replica batch "
                          f"({local_batch})")
-    # Sources and targets are concatenated, so there are 2 * local_batch rows.
-    starts = range(0, 2 * local_batch, chunk_size)
-    chunks = [{k: v[s:s + chunk_size] for k, v in inputs.items()} for s in starts]
-    # Control dependencies chain the chunks: without them the graph executor may run every
-    # chunk's forward pass before any backward pass, keeping all activations alive.
-    states, first = [], []
-    for chunk in chunks:
-        with tf.control_dependencies(first[-1:]):
-            states.append([tf.identity(g.state.value) for g in generators])
-            first.append(tf.stop_gradient(forward(chunk)))
-    embeddings = tf.concat(first, 0)
+    # Sources and targets are concatenated, so there are 2 * local_batch rows. Both passes
+    # are symbolic loops (one chunk per iteration, parallel_iterations=1): the graph stays
+    # the same size for any number of chunks, and only one chunk's activations are alive.
+    num_chunks = 2 * local_batch // chunk_size
+    chunked = {k: tf.reshape(v, [num_chunks, chunk_size, -1]) for k, v in inputs.items()}
+    take = lambda i: {k: v[i] for k, v in chunked.items()}
+
+    def state():
+        if not generators:
+            return tf.zeros([0, 2], tf.int64)
+        return tf.stack([tf.cast(g.state.value, tf.int64) for g in generators])
+
+    def restore(values):
+        for j, g in enumerate(generators):
+            g.state.assign(tf.cast(values[j], g.state.dtype))
+
+    def embed(i, states, outputs):
+        states = states.write(i, state())
+        return i + 1, states, outputs.write(i, tf.stop_gradient(forward(take(i))))
+
+    _, states, outputs = tf.while_loop(
+        lambda i, *_: i < num_chunks, embed,
+        (0, tf.TensorArray(tf.int64, num_chunks), tf.TensorArray(tf.float32, num_chunks)),
+        parallel_iterations=1)
+    after = state()
+    embeddings = tf.reshape(outputs.stack(), [2 * local_batch, -1])
     with tf.GradientTape() as tape:
         tape.watch(embeddings)
         total, loss, metrics = objective(embeddings)
-    cached = tape.gradient(total, embeddings)
-    grads = [tf.zeros_like(v) for v in variables]
-    after = [tf.identity(g.state.value) for g in generators]
-    for start, chunk, state in zip(starts, chunks, states):
-        with tf.control_dependencies(grads):
-            for g, s in zip(generators, state):
-                g.state.assign(s)
-            with tf.GradientTape() as tape:
-                surrogate = tf.reduce_sum(forward(chunk) * cached[start:start + chunk_size])
-        grads = [a + tf.convert_to_tensor(b) for a, b in zip(grads, tape.gradient(surrogate, variables))]
-    for g, s in zip(generators, after):
-        g.state.assign(s)
+    cached = tf.reshape(tape.gradient(total, embeddings), [num_chunks, chunk_size, -1])
+
+    def backprop(i, grads):
+        restore(states.read(i))  # the first pass's dropout masks for this chunk
+        with tf.GradientTape() as tape:
+            surrogate = tf.reduce_sum(forward(take(i)) * cached[i])
+        return i + 1, [a + tf.convert_to_tensor(b)
+                       for a, b in zip(grads, tape.gradient(surrogate, variables))]
+
+    _, grads = tf.while_loop(lambda i, _: i < num_chunks, backprop,
+                             (0, [tf.zeros_like(v) for v in variables]), parallel_iterations=1)
+    restore(after)
     return grads, loss, metrics
