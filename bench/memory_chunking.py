@@ -47,9 +47,6 @@ flags.DEFINE_integer("steps", 3, "Timed steps per setting, at most.")
 flags.DEFINE_float("time_budget", 60.0, "Seconds of timed steps per setting, at most (at "
                    "least one step always runs).")
 flags.DEFINE_float("max_rss_gb", 16.0, "Skip a run predicted to exceed this max RSS.")
-flags.DEFINE_integer("max_chunks", 64, "Skip chunked settings with more chunks than this per "
-                     "step (2 x batch / chunk_size): labse_tf unrolls the chunks into the graph, "
-                     "which took ~7 minutes to build at 32 chunks on the loaded machine.")
 flags.DEFINE_bool("resume", False, "Keep the runs already in --output (same settings) and "
                   "measure only the missing ones.")
 flags.DEFINE_list("memory_gb", ["4", "8", "16"], "Memory sizes for which the largest batch "
@@ -180,13 +177,6 @@ def main(argv):
         for chunk in (chunks if i % 2 == 0 else chunks[::-1]):
             if chunk and batch % chunk:
                 log(f"skipped batch {batch} chunk {chunk}: the chunk must divide the batch")
-                continue
-            if chunk and 2 * batch // chunk > FLAGS.max_chunks:
-                why = (f"batch {batch}, chunk_size {chunk}: {2 * batch // chunk} chunks per "
-                       f"step > --max_chunks={FLAGS.max_chunks} (graph build time)")
-                log(f"skipped {why}")
-                skipped.append({"batch": batch, "chunk_size": chunk, "why": why,
-                                "predicted_rss_bytes": _predicted_rss(runs, batch, chunk)})
                 continue
             if any(r["batch"] == batch and r["chunk_size"] == chunk for r in runs):
                 continue  # kept from --output by --resume

@@ -224,7 +224,8 @@ def language_weights(counts: Sequence[int], alpha: float) -> np.ndarray:
 
 
 def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, alpha: float,
-                 seed: int, start_step: int = 0, seq_length: int | None = None) -> tf.data.Dataset:
+                 seed: int, start_step: int = 0, seq_length: int | None = None,
+                 trim: bool = True) -> tf.data.Dataset:
     """An endless dataset of tokenized batches of translation pairs.
 
     Args:
@@ -235,19 +236,23 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
       seed: int. Seed of the draw; combine with the pipeline id under multi-worker.
       start_step: int. Index of the first batch, so a resumed run continues its stream.
       seq_length: int or None. Packed length; default the preprocessor's.
+      trim: bool. Cut each batch (both sides alike) to its longest sentence. Besides
+        skipping padding, this leaves the sequence length unknown to the graph, which keeps
+        Keras's EinsumDense projections on a fast path (with a static length they become a
+        broadcasting BatchMatMul, ~1.6x slower to train on CPU: bench/README.md). False
+        keeps the static `seq_length` that XLA (TPUs, train.jit_compile) compiles once.
 
     Returns:
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
-      `[batch_size, seq_length]` tensors (token_ids, padding_mask, segment_ids).
+      `[batch_size, length]` tensors (token_ids, padding_mask, segment_ids); length is
+      `seq_length`, or at most that with `trim`. The batch size is static (gradient
+      caching splits it).
     """
-    # A static batch size lets gradient caching split the batch. The sequence length stays
-    # unknown to the graph: with it static, Keras's EinsumDense takes a tf.einsum path
-    # that is ~1.6x slower on CPU (bench/README.md).
-    shape = [batch_size, None]
 
     def tokenize(batch):
-        return {side: {k: tf.ensure_shape(v, shape) for k, v in preprocessor(batch[side], seq_length).items()}
-                for side in ("src", "tgt")}
+        packed = {side: preprocessor(batch[side], seq_length) for side in ("src", "tgt")}
+        longest = _longest([p["padding_mask"] for p in packed.values()]) if trim else None
+        return {side: _sequences(p, batch_size, longest) for side, p in packed.items()}
 
     return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed, start_step=start_step)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -262,6 +267,19 @@ def text_dataset(sentences: Sequence[str], preprocessor: Preprocessor, *, batch_
             .map(lambda s: preprocessor(s, seq_length), num_parallel_calls=tf.data.AUTOTUNE,
                  deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def _longest(masks: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The longest sequence under any of these `[batch, seq]` padding masks."""
+    return tf.reduce_max([tf.reduce_max(tf.reduce_sum(m, 1)) for m in masks])
+
+
+def _sequences(packed: dict, batch_size: int, longest: tf.Tensor | None) -> dict:
+    """`[batch, seq]` tensors with a static batch size; cut to `longest` if given (the
+    length then unknown to the graph), else keeping their static length."""
+    return {k: tf.ensure_shape(v if longest is None else v[:, :longest],
+                               [batch_size, None if longest is not None else v.shape[1]])
+            for k, v in packed.items()}
 
 
 def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
@@ -301,7 +319,8 @@ def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
 def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int,
                       alpha: float, seed: int, tlm_fraction: float, mask_rate: float,
                       mask_token_rate: float, random_token_rate: float, max_predictions: int,
-                      start_step: int = 0, seq_length: int | None = None) -> tf.data.Dataset:
+                      start_step: int = 0, seq_length: int | None = None,
+                      trim: bool = True) -> tf.data.Dataset:
     """An endless dataset of masked MLM and TLM examples, built inside the tf.data graph.
 
     Pairs are drawn by `pair_strings`, as `pair_dataset` draws them. Each example is, with
@@ -325,9 +344,10 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
       max_predictions: int. Predictions per example, padded to this length.
       start_step: int. Index of the first batch, so a resumed run continues its stream.
       seq_length: int or None. Packed length; default the preprocessor's.
+      trim: bool. Cut each batch to its longest example, as `pair_dataset` does.
 
     Returns:
-      tf.data.Dataset of dicts: int32 `[batch_size, seq_length]` token_ids (masked),
+      tf.data.Dataset of dicts: int32 `[batch_size, length]` token_ids (masked),
       padding_mask, segment_ids; `[batch_size, max_predictions]` int32 mask_positions,
       int32 mask_ids (the original tokens there) and float32 mask_weights (1 for a real
       prediction, 0 for padding).
@@ -356,14 +376,13 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         mlm = preprocessor.bert_pack_inputs([side], seq_length)
         packed = {k: tf.where(is_tlm[:, None] < tlm_fraction, tlm[k], mlm[k]) for k in tlm}
         masked = masker(packed["token_ids"])
-        out = {**packed, "token_ids": masked["token_ids"],
-               "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
-               "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
-               "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
-        # Static shapes, as pair_dataset's, so that XLA compiles the step once.
-        sequence = [batch_size, seq_length or preprocessor.seq_length]
-        return {k: tf.ensure_shape(v, [batch_size, max_predictions] if k.startswith("mask_")
-                                   else sequence) for k, v in out.items()}
+        sequences = _sequences({**packed, "token_ids": masked["token_ids"]}, batch_size,
+                               _longest([packed["padding_mask"]]) if trim else None)
+        predictions = {"mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+                       "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
+                       "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
+        return {**sequences, **{k: tf.ensure_shape(v, [batch_size, max_predictions])
+                                for k, v in predictions.items()}}
 
     return (tf.data.Dataset.zip(strings, tf.data.Dataset.counter(start=start_step))
             .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

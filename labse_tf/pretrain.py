@@ -209,6 +209,8 @@ def _distributed_examples(strategy, pairs, preprocessor, cfg: config_lib.Config,
             f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
             f"{strategy.num_replicas_in_sync} replicas")
     p = cfg.pretrain
+    # XLA (TPUs, train.jit_compile) compiles once for a static sequence length.
+    static = cfg.train.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
         return data.masked_lm_dataset(
@@ -217,7 +219,7 @@ def _distributed_examples(strategy, pairs, preprocessor, cfg: config_lib.Config,
             alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
             tlm_fraction=p.tlm_fraction, mask_rate=p.mask_rate,
             mask_token_rate=p.mask_token_rate, random_token_rate=p.random_token_rate,
-            max_predictions=p.max_predictions, start_step=start_step)
+            max_predictions=p.max_predictions, start_step=start_step, trim=not static)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 

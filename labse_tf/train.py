@@ -49,12 +49,15 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
             f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
             f"{replicas} replicas")
 
+    # XLA (TPUs, train.jit_compile) compiles once for a static sequence length.
+    static = cfg.train.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy)
+
     def dataset_fn(ctx: tf.distribute.InputContext):
         shard = pairs.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         return data.pair_dataset(
             shard, preprocessor, batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
             alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
-            start_step=start_step)
+            start_step=start_step, trim=not static)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 

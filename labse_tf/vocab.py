@@ -129,6 +129,12 @@ def define_flags():
     flags.DEFINE_float("alpha", 0.3, "Language smoothing exponent: p(lang) ∝ n_lang^alpha.")
     flags.DEFINE_integer("max_sentences", 400000, "Sentences sampled in all (bounds memory "
                          "and time: only the sample is counted, not the whole input).")
+    flags.DEFINE_integer("max_words", 200_000, "Distinct words the learner learns from, the "
+                         "most frequent first; its time grows with them.")
+    flags.DEFINE_integer("max_unique_chars", 0, "Characters kept as single tokens, the most "
+                         "frequent first (words with other characters become [UNK]); 0: a "
+                         "tenth of --vocab_size, at least 1000. Raise it for data with many "
+                         "Han characters.")
     flags.DEFINE_bool("lowercase", True, "Case-fold text (must match data.lowercase).")
     flags.DEFINE_integer("seed", 42, "Sampling seed.")
     flags.mark_flag_as_required("input")
@@ -144,7 +150,8 @@ def main(argv):
     sentences = [s for group in sample.values() for s in group]
     print(f"learning a {FLAGS.vocab_size}-token vocabulary from {len(sentences)} sampled "
           "sentences ...", flush=True)
-    tokens = build_vocab(sentences, FLAGS.vocab_size, lowercase=FLAGS.lowercase)
+    tokens = build_vocab(sentences, FLAGS.vocab_size, lowercase=FLAGS.lowercase,
+                         max_unique_chars=FLAGS.max_unique_chars, max_words=FLAGS.max_words)
     path = write_vocab(tokens, FLAGS.output)
     report = coverage(Preprocessor(path, lowercase=FLAGS.lowercase), sample)
     summary = {"vocab_file": os.path.abspath(path), "vocab_size": len(tokens),

@@ -102,7 +102,7 @@ def test_sampling_frequencies_match_smoothed_weights(vocab_file):
 def test_batches_are_aligned_shaped_and_resumable(vocab_file, sample_pairs):
     pre = Preprocessor(vocab_file, seq_length=12)
     full = list(data.pair_dataset(sample_pairs, pre, batch_size=4, alpha=0.3, seed=5).take(5))
-    assert full[0]["src"]["token_ids"].shape == (4, 12)
+    assert full[0]["src"]["token_ids"].shape == (4, 12)  # the sample has sentences > 12 pieces
     assert full[0]["tgt"]["segment_ids"].dtype == tf.int32
     resumed = list(data.pair_dataset(sample_pairs, pre, batch_size=4, alpha=0.3, seed=5,
                                      start_step=3).take(2))
@@ -112,15 +112,34 @@ def test_batches_are_aligned_shaped_and_resumable(vocab_file, sample_pairs):
     assert not np.array_equal(other["src"]["token_ids"], full[0]["src"]["token_ids"])
 
 
+def test_batches_are_cut_to_their_longest_sentence(vocab_file):
+    pre = Preprocessor(vocab_file, seq_length=16)
+    pairs = data.Pairs(("x",), (("alpha one", "beta"),), (("one alpha two", "beta"),))
+    trimmed = data.pair_dataset(pairs, pre, batch_size=8, alpha=1.0, seed=0)
+    static = data.pair_dataset(pairs, pre, batch_size=8, alpha=1.0, seed=0, trim=False)
+    # The batch size stays static (gradient caching splits it); the length is unknown
+    # to the graph when trimmed, and the static seq_length otherwise.
+    assert trimmed.element_spec["src"]["token_ids"].shape.as_list() == [8, None]
+    assert static.element_spec["tgt"]["padding_mask"].shape.as_list() == [8, 16]
+    a, b = next(iter(trimmed)), next(iter(static))
+    longest = int(max(b[side]["padding_mask"].numpy().sum(1).max() for side in ("src", "tgt")))
+    assert longest < 16
+    for side in ("src", "tgt"):  # both sides alike, so that one encoder call embeds both
+        for key in ("token_ids", "padding_mask", "segment_ids"):
+            np.testing.assert_array_equal(a[side][key], b[side][key][:, :longest])
+        assert not np.any(b[side]["padding_mask"][:, longest:])
+
+
 def test_pairs_stay_aligned_through_the_pipeline(vocab_file):
     pre = Preprocessor(vocab_file, seq_length=16)
     pairs = data.Pairs(("x",), (("alpha one", "beta two", "gamma three"),),
                        (("one alpha", "two beta", "three gamma"),))
     batch = next(iter(data.pair_dataset(pairs, pre, batch_size=64, alpha=1.0, seed=0)))
-    index = {tuple(row): i for i, row in enumerate(pre(tf.constant(pairs.src[0]))["token_ids"].numpy())}
-    tindex = {tuple(row): i for i, row in enumerate(pre(tf.constant(pairs.tgt[0]))["token_ids"].numpy())}
+    unpadded = lambda row: tuple(np.trim_zeros(row, "b"))
+    index = {unpadded(row): i for i, row in enumerate(pre(tf.constant(pairs.src[0]))["token_ids"].numpy())}
+    tindex = {unpadded(row): i for i, row in enumerate(pre(tf.constant(pairs.tgt[0]))["token_ids"].numpy())}
     for s, t in zip(batch["src"]["token_ids"].numpy(), batch["tgt"]["token_ids"].numpy()):
-        assert index[tuple(s)] == tindex[tuple(t)]
+        assert index[unpadded(s)] == tindex[unpadded(t)]
 
 
 def test_sharding_splits_each_language():

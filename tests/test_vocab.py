@@ -87,6 +87,18 @@ def test_build_vocab_on_the_sample_corpus(vocab_file, sample_pairs):
     assert pieces.to_list() == [[[tokens.index(c)]] for c in chars]
 
 
+def test_max_unique_chars_bounds_the_alphabet():
+    # 40 distinct Han characters, each a word of its own; the rarer ones occur less.
+    chars = [chr(0x4E00 + i) for i in range(40)]
+    sentences = [" ".join(chars[:i + 1]) for i in range(40)] + ["hello world"] * 20
+    small = vocab.build_vocab(sentences, 200, max_unique_chars=20)
+    large = vocab.build_vocab(sentences, 200, max_unique_chars=100)
+    alphabet = lambda tokens: {t.removeprefix("##") for t in tokens
+                               if len(t.removeprefix("##")) == 1}
+    assert len(alphabet(small)) <= 20 and chars[-1] not in small
+    assert set(chars) <= alphabet(large)
+
+
 @pytest.mark.slow
 def test_vocab_command_line(tmp_path, sample_pairs):
     output = str(tmp_path / "out" / "vocab.txt")
