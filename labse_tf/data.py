@@ -18,7 +18,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from labse_tf.preprocessing import Preprocessor
+from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = [
     "DataError",
@@ -250,9 +250,10 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
     """
 
     def tokenize(batch):
-        packed = {side: preprocessor(batch[side], seq_length) for side in ("src", "tgt")}
-        longest = _longest([p["padding_mask"] for p in packed.values()]) if trim else None
-        return {side: _sequences(p, batch_size, longest) for side, p in packed.items()}
+        src, tgt = (preprocessor(batch[side], seq_length) for side in ("src", "tgt"))
+        if trim:  # both sides alike: one encoder call embeds them together
+            src, tgt = trim_padding(src, tgt)
+        return {"src": _static_batch(src, batch_size, trim), "tgt": _static_batch(tgt, batch_size, trim)}
 
     return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed, start_step=start_step)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -269,16 +270,10 @@ def text_dataset(sentences: Sequence[str], preprocessor: Preprocessor, *, batch_
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _longest(masks: Sequence[tf.Tensor]) -> tf.Tensor:
-    """The longest sequence under any of these `[batch, seq]` padding masks."""
-    return tf.reduce_max([tf.reduce_max(tf.reduce_sum(m, 1)) for m in masks])
-
-
-def _sequences(packed: dict, batch_size: int, longest: tf.Tensor | None) -> dict:
-    """`[batch, seq]` tensors with a static batch size; cut to `longest` if given (the
-    length then unknown to the graph), else keeping their static length."""
-    return {k: tf.ensure_shape(v if longest is None else v[:, :longest],
-                               [batch_size, None if longest is not None else v.shape[1]])
+def _static_batch(packed: dict, batch_size: int, trimmed: bool) -> dict:
+    """`[batch, seq]` tensors with a static batch size (gradient caching splits it); the
+    length stays unknown if they were trimmed, else static."""
+    return {k: tf.ensure_shape(v, [batch_size, None if trimmed else v.shape[1]])
             for k, v in packed.items()}
 
 
@@ -376,8 +371,10 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         mlm = preprocessor.bert_pack_inputs([side], seq_length)
         packed = {k: tf.where(is_tlm[:, None] < tlm_fraction, tlm[k], mlm[k]) for k in tlm}
         masked = masker(packed["token_ids"])
-        sequences = _sequences({**packed, "token_ids": masked["token_ids"]}, batch_size,
-                               _longest([packed["padding_mask"]]) if trim else None)
+        sequences = {**packed, "token_ids": masked["token_ids"]}
+        if trim:
+            (sequences,) = trim_padding(sequences)
+        sequences = _static_batch(sequences, batch_size, trim)
         predictions = {"mask_positions": tf.cast(masked["mask_positions"], tf.int32),
                        "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
                        "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}

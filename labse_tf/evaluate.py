@@ -29,7 +29,7 @@ from absl import app, flags, logging
 
 from labse_tf import baselines, checkpoints, export, mining
 from labse_tf.model import embed
-from labse_tf.preprocessing import Preprocessor
+from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = ["EmbedFn", "embed_fn_from_export", "embed_fn_from_run", "encoder_embed_fn",
            "evaluate_tatoeba", "format_table", "pair_retrieval", "read_lines", "read_tatoeba",
@@ -72,7 +72,8 @@ def encoder_embed_fn(preprocessor: Preprocessor, encoder: keras.Model, batch_siz
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def run(strings):
-        return embed(encoder, preprocessor(strings), training=False)
+        (packed,) = trim_padding(preprocessor(strings))
+        return embed(encoder, packed, training=False)
 
     return _batched(run, encoder.output["embedding"].shape[-1], batch_size, log)
 
