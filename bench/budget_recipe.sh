@@ -6,14 +6,17 @@
 #
 # DATA_DIR has the ../shared/data layout (train/<lang>.tsv.gz); TATOEBA_DIR the standard
 # tatoeba.<lang>-eng.{<lang>,eng} files. Environment overrides (for the CI smoke run):
-# CONFIG (default budget_30min), VOCAB_SIZE, VOCAB_SENTENCES, TRAIN_GLOB, EXTRA_SET.
+# CONFIG (default budget_30min), VOCAB_SIZE, VOCAB_SENTENCES, VOCAB_WORDS, VOCAB_CHARS,
+# TRAIN_GLOB, EXTRA_SET.
 set -euo pipefail
 DATA=${1:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
 TATOEBA=${2:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
 OUT=${3:-runs/budget}
 CONFIG=${CONFIG:-budget_30min}
 VOCAB_SIZE=${VOCAB_SIZE:-16000}
-VOCAB_SENTENCES=${VOCAB_SENTENCES:-100000}
+VOCAB_SENTENCES=${VOCAB_SENTENCES:-50000}
+VOCAB_WORDS=${VOCAB_WORDS:-40000}
+VOCAB_CHARS=${VOCAB_CHARS:-4000}
 TRAIN_GLOB=${TRAIN_GLOB:-$DATA/train/*.tsv.gz}
 EXTRA_SET=${EXTRA_SET:-}
 mkdir -p "$OUT"
@@ -22,7 +25,8 @@ stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
 stamp "1/4 vocabulary ($VOCAB_SIZE tokens from $VOCAB_SENTENCES sampled sentences)"
 python -m labse_tf.vocab --input="$TRAIN_GLOB" --vocab_size="$VOCAB_SIZE" \
-    --max_sentences="$VOCAB_SENTENCES" --alpha=0.5 --output="$OUT/vocab.txt"
+    --max_sentences="$VOCAB_SENTENCES" --max_words="$VOCAB_WORDS" \
+    --max_unique_chars="$VOCAB_CHARS" --alpha=0.5 --output="$OUT/vocab.txt"
 
 stamp "2/4 dual-encoder training ($CONFIG)"
 set_args=(--set "data.vocab_file=$OUT/vocab.txt")
