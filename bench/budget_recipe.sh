@@ -34,6 +34,7 @@ for kv in $EXTRA_SET; do set_args+=(--set "$kv"); done
 python -m labse_tf.train --config="$CONFIG" --model_dir="$OUT/model" \
     --train_data="$TRAIN_GLOB" --export_dir="$OUT/export" "${set_args[@]}"
 
+stamp "exported: this is the recipe's budget (vocabulary -> exported model)"
 stamp "3/4 Tatoeba evaluation of the export"
 python -m labse_tf.evaluate --model="$OUT/export" --tatoeba_dir="$TATOEBA" \
     --output="$OUT/tatoeba.json" | tee "$OUT/tatoeba.txt"

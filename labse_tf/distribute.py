@@ -2,7 +2,8 @@
 
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "gather_global_batch", "is_chief", "make_strategy", "set_cpu_devices"]
+__all__ = ["STRATEGIES", "gather_global_batch", "is_chief", "make_strategy", "needs_static_shapes",
+           "set_cpu_devices"]
 
 STRATEGIES = ("cpu", "mirrored", "multi_worker", "tpu")
 
@@ -71,3 +72,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "chief" or (
         resolver.task_type == "worker" and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def needs_static_shapes(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+    """Whether input batches must keep their static sequence length (not be trimmed).
+
+    XLA (TPUs, `train.jit_compile`) compiles once per shape; and across workers, the sparse
+    gradient of the token embeddings (one row per token in the batch) is all-gathered by a
+    collective that needs the same shape on every worker.
+    """
+    return jit_compile or isinstance(strategy, (tf.distribute.TPUStrategy,
+                                                tf.distribute.MultiWorkerMirroredStrategy))
+

@@ -209,8 +209,7 @@ def _distributed_examples(strategy, pairs, preprocessor, cfg: config_lib.Config,
             f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
             f"{strategy.num_replicas_in_sync} replicas")
     p = cfg.pretrain
-    # XLA (TPUs, train.jit_compile) compiles once for a static sequence length.
-    static = cfg.train.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy)
+    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
         return data.masked_lm_dataset(

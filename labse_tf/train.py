@@ -49,8 +49,7 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
             f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
             f"{replicas} replicas")
 
-    # XLA (TPUs, train.jit_compile) compiles once for a static sequence length.
-    static = cfg.train.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy)
+    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
         shard = pairs.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from labse_tf import config as config_lib
+from labse_tf import config as config_lib, distribute
 from labse_tf.gradients import compute_gradients, seed_generators
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
@@ -123,3 +123,11 @@ def test_gradient_caching_replays_dropout_masks(batch, replicas):
 def test_chunk_size_must_divide_the_local_batch(batch):
     with pytest.raises(ValueError, match="chunk_size=5 must divide the per-replica batch"):
         _run(batch, 1, LOSS, chunk_size=5)
+
+
+def test_batches_keep_static_shapes_only_where_needed():
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert not distribute.needs_static_shapes(one, jit_compile=False)
+    assert not distribute.needs_static_shapes(mirrored, jit_compile=False)
+    assert distribute.needs_static_shapes(one, jit_compile=True)  # XLA compiles per shape
