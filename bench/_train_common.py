@@ -101,8 +101,9 @@ def model_garden(cfg: config_lib.Config, seq_length: int):
 
 
 @functools.lru_cache
-def pipeline_shape(batch_size: int, seq_length: int) -> tf.TensorShape:
-    """The static shape of token_ids in labse_tf.data.pair_dataset's batches.
+def pipeline_shape(batch_size: int, seq_length: int, static: bool = False) -> tf.TensorShape:
+    """The static shape of token_ids in labse_tf.data.pair_dataset's batches (trimmed, or
+    not when `static`: labse_tf.distribute.needs_static_shapes, e.g. for XLA).
 
     The benchmarks feed random batches instead of the real pipeline, but with the static
     shape the pipeline gives, because the shape decides which kernels Keras traces: with a
@@ -118,21 +119,23 @@ def pipeline_shape(batch_size: int, seq_length: int) -> tf.TensorShape:
         vocab_file = vocab.write_vocab(list(SPECIAL_TOKENS), os.path.join(tmp, "vocab.txt"))
         pairs, _ = data.read_pairs([data.sample_corpus_path("train")])
         dataset = data.pair_dataset(pairs, Preprocessor(vocab_file, seq_length=seq_length),
-                                    batch_size=batch_size, alpha=0.3, seed=0)
+                                    batch_size=batch_size, alpha=0.3, seed=0, trim=not static)
         return dataset.element_spec["src"]["token_ids"].shape
 
 
-def shaped_like_pipeline(dataset: tf.data.Dataset, length: str = "pipeline") -> tf.data.Dataset:
+def shaped_like_pipeline(dataset: tf.data.Dataset, length: str = "pipeline",
+                         static: bool = False) -> tf.data.Dataset:
     """`dataset` of {"src", "tgt"} packed batches with the sequence dimension static or not.
 
     Args:
       dataset: tf.data.Dataset of static-shaped packed batches.
       length: str. "pipeline": as labse_tf.data.pair_dataset has it (`pipeline_shape`);
         "static": known to the graph; "dynamic": unknown to the graph.
+      static: bool. With "pipeline": the pipeline keeps static shapes (XLA).
     """
     if length == "pipeline":
         spec = dataset.element_spec["src"]["token_ids"].shape
-        length = "static" if pipeline_shape(spec[0], spec[1])[1] is not None else "dynamic"
+        length = "static" if pipeline_shape(spec[0], spec[1], static)[1] is not None else "dynamic"
     if length == "static":
         return dataset
     return dataset.map(lambda b: {side: hide_sequence_length(packed) for side, packed in b.items()})

@@ -104,7 +104,7 @@ def labse_parts(precision: str, jit: bool, experiment: str, constant_batch: dict
     if jit:
         forward = tf.function(forward, jit_compile=True)
 
-    pipeline_length = _train_common.pipeline_shape(FLAGS.global_batch, FLAGS.seq_length)[1]
+    pipeline_length = _train_common.pipeline_shape(FLAGS.global_batch, FLAGS.seq_length, jit)[1]
     dynamic = experiment == "dynseq" or (experiment != "static" and pipeline_length is None)
 
     def batch():

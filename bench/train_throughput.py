@@ -132,7 +132,7 @@ def labse_contender(name: str, strategy, precision: str, jit: bool, experiment: 
     def dataset_fn(ctx):
         dataset = tf.data.Dataset.from_tensor_slices(split).repeat()
         length = {"static": "static", "dynseq": "dynamic"}.get(experiment, "pipeline")
-        return _train_common.shaped_like_pipeline(dataset, length).prefetch(2)
+        return _train_common.shaped_like_pipeline(dataset, length, static=jit).prefetch(2)
 
     with strategy.scope():
         encoder = build_encoder(cfg.model, cfg.model.vocab_size, precision)

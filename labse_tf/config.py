@@ -45,7 +45,8 @@ class ModelConfig:
 
     # Wordpiece vocabulary size; 0 = take it from the vocabulary file.
     vocab_size: int = 0
-    # Number of transformer layers (L).
+    # Number of transformer layers (L); 0 = no transformer: the masked mean of the token
+    # embeddings through the pooler (a bag of wordpieces, for the smallest budgets).
     num_layers: int = 2
     # Width of the hidden states and of the sentence embedding.
     hidden_dim: int = 32
@@ -225,13 +226,15 @@ def _merge(obj: Any, updates: Mapping[str, Any], prefix: str) -> Any:
 def _validate(cfg: Config) -> Config:
     """Range checks that types alone cannot express."""
     checks = [
-        ("model.num_layers", cfg.model.num_layers >= 1, "must be >= 1"),
+        ("model.num_layers", cfg.model.num_layers >= 0, "must be >= 0"),
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be >= 1"),
         ("model.num_heads", cfg.model.num_heads >= 1
          and cfg.model.hidden_dim % cfg.model.num_heads == 0, "must divide model.hidden_dim"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
         ("model.vocab_size", cfg.model.vocab_size >= 0, "must be >= 0"),
         ("model.pooling", cfg.model.pooling in POOLINGS, f"must be one of {POOLINGS}"),
+        ("model.pooling", cfg.model.num_layers > 0 or cfg.model.pooling == "mean",
+         "must be mean with model.num_layers=0 ([CLS] alone carries no sentence)"),
         ("data.seq_length", 3 <= cfg.data.seq_length <= cfg.model.max_sequence_length,
          "must be in [3, model.max_sequence_length]"),
         ("data.alpha", 0.0 <= cfg.data.alpha <= 1.0, "must be in [0, 1]"),

@@ -240,7 +240,8 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         skipping padding, this leaves the sequence length unknown to the graph, which keeps
         Keras's EinsumDense projections on a fast path (with a static length they become a
         broadcasting BatchMatMul, ~1.6x slower to train on CPU: bench/README.md). False
-        keeps the static `seq_length` that XLA (TPUs, train.jit_compile) compiles once.
+        keeps the static `seq_length` that XLA (TPUs, train.jit_compile) compiles once and
+        that multi-worker collectives need (distribute.needs_static_shapes).
 
     Returns:
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
@@ -253,7 +254,9 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         src, tgt = (preprocessor(batch[side], seq_length) for side in ("src", "tgt"))
         if trim:  # both sides alike: one encoder call embeds them together
             src, tgt = trim_padding(src, tgt)
-        return {"src": _static_batch(src, batch_size, trim), "tgt": _static_batch(tgt, batch_size, trim)}
+        length = None if trim else seq_length or preprocessor.seq_length
+        return {"src": _static_batch(src, batch_size, length),
+                "tgt": _static_batch(tgt, batch_size, length)}
 
     return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed, start_step=start_step)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -270,11 +273,10 @@ def text_dataset(sentences: Sequence[str], preprocessor: Preprocessor, *, batch_
             .prefetch(tf.data.AUTOTUNE))
 
 
-def _static_batch(packed: dict, batch_size: int, trimmed: bool) -> dict:
-    """`[batch, seq]` tensors with a static batch size (gradient caching splits it); the
-    length stays unknown if they were trimmed, else static."""
-    return {k: tf.ensure_shape(v, [batch_size, None if trimmed else v.shape[1]])
-            for k, v in packed.items()}
+def _static_batch(packed: dict, batch_size: int, length: int | None) -> dict:
+    """`[batch, seq]` tensors with a static batch size (gradient caching splits it) and
+    the static `length`, or an unknown one (None) after trimming."""
+    return {k: tf.ensure_shape(v, [batch_size, length]) for k, v in packed.items()}
 
 
 def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
@@ -374,7 +376,8 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         sequences = {**packed, "token_ids": masked["token_ids"]}
         if trim:
             (sequences,) = trim_padding(sequences)
-        sequences = _static_batch(sequences, batch_size, trim)
+        sequences = _static_batch(sequences, batch_size,
+                                  None if trim else seq_length or preprocessor.seq_length)
         predictions = {"mask_positions": tf.cast(masked["mask_positions"], tf.int32),
                        "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
                        "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}

@@ -60,8 +60,9 @@ def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: L
       batch: `{"src": packed, "tgt": packed}` for this replica, `[b, seq]` each.
       cfg: LossConfig.
       optimizer: optional; a LossScaleOptimizer scales the loss (fp16).
-      chunk_size: int. 0 = direct; else gradient caching with chunks of this many pairs
-        (must divide the local batch).
+      chunk_size: int. 0 = direct; else gradient caching with chunks of this many
+        sentences (it must divide the local batch: the 2 x batch sentences of both sides
+        make 2 x batch / chunk_size chunks).
       generators: SeedGenerators of the model's dropout, replayed for the second pass.
 
     Returns:
@@ -121,9 +122,9 @@ def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_
 
     _, states, outputs = tf.while_loop(
         lambda i, *_: i < num_chunks, embed,
-        (0, tf.TensorArray(tf.int64, num_chunks), tf.TensorArray(tf.float32, num_chunks)),
+        (0, tf.TensorArray(tf.int64, num_chunks, element_shape=[len(generators), 2]),
+         tf.TensorArray(tf.float32, num_chunks, element_shape=[chunk_size, None])),
         parallel_iterations=1)
-    after = state()
     embeddings = tf.reshape(outputs.stack(), [2 * local_batch, -1])
     with tf.GradientTape() as tape:
         tape.watch(embeddings)
@@ -134,10 +135,20 @@ def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_
         restore(states.read(i))  # the first pass's dropout masks for this chunk
         with tf.GradientTape() as tape:
             surrogate = tf.reduce_sum(forward(take(i)) * cached[i])
-        return i + 1, [a + tf.convert_to_tensor(b)
+        return i + 1, [_accumulate(a, b)
                        for a, b in zip(grads, tape.gradient(surrogate, variables))]
 
+    # The second pass ends with the generators where the first one left them.
     _, grads = tf.while_loop(lambda i, _: i < num_chunks, backprop,
                              (0, [tf.zeros_like(v) for v in variables]), parallel_iterations=1)
-    restore(after)
     return grads, loss, metrics
+
+
+def _accumulate(total: tf.Tensor, grad) -> tf.Tensor:
+    """`total + grad`, adding the sparse rows of an embedding gradient in place rather
+    than densifying each chunk's gradient first."""
+    if grad is None:
+        return total
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.tensor_scatter_nd_add(total, grad.indices[:, None], grad.values)
+    return total + grad

@@ -7,7 +7,7 @@ TF Hub preprocessor, so training and serving cannot tokenize differently.
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-__all__ = ["Preprocessor", "SPECIAL_TOKENS", "normalize", "read_vocab"]
+__all__ = ["Preprocessor", "SPECIAL_TOKENS", "normalize", "read_vocab", "trim_padding"]
 
 # The reserved tokens every vocabulary starts with, in this order ([PAD] must be id 0
 # because packing pads with zeros).

@@ -42,11 +42,18 @@ def test_set_overrides_are_typed():
     ("loss.gather=3", r"loss\.gather: expected bool, got int"),
     ("train.precision=fp8", r"train\.precision: must be one of"),
     ("model.num_heads=3", r"model\.num_heads: must divide model\.hidden_dim"),
+    ("model.num_layers=-1", r"model\.num_layers: must be >= 0"),
     ("train.steps", r"expected KEY=VALUE"),
 ])
 def test_bad_overrides_name_the_key(assignment, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", [assignment])
+
+
+def test_no_transformer_layers_needs_mean_pooling():
+    assert load_config("tiny", ["model.num_layers=0", "model.pooling=mean"]).model.num_layers == 0
+    with pytest.raises(ConfigError, match=r"model\.pooling: must be mean with model\.num_layers=0"):
+        load_config("tiny", ["model.num_layers=0", "model.pooling=cls"])
 
 
 def test_bad_yaml_file_names_file_and_key(tmp_path):

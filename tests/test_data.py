@@ -127,7 +127,6 @@ def test_batches_are_cut_to_their_longest_sentence(vocab_file):
     for side in ("src", "tgt"):  # both sides alike, so that one encoder call embeds both
         for key in ("token_ids", "padding_mask", "segment_ids"):
             np.testing.assert_array_equal(a[side][key], b[side][key][:, :longest])
-        assert not np.any(b[side]["padding_mask"][:, longest:])
 
 
 def test_pairs_stay_aligned_through_the_pipeline(vocab_file):

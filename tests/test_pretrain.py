@@ -71,6 +71,7 @@ def test_masked_lm_dataset_packs_and_masks(sample_pairs, vocab_file):
         assert cut["token_ids"].shape == (64, longest) and longest < 32
         np.testing.assert_array_equal(cut["segment_ids"], full["segment_ids"][:, :longest])
         np.testing.assert_array_equal(cut["padding_mask"], full["padding_mask"][:, :longest])
+        assert (cut["mask_positions"][cut["mask_weights"] > 0] < longest).all()
     drawn = data.pair_strings(sample_pairs, **args)
     specials = [pre.pad_id, pre.cls_id, pre.sep_id, pre.unk_id]
     batches = list(examples.take(4).as_numpy_iterator())
