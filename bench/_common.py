@@ -81,6 +81,22 @@ def machine_info() -> dict:
     }
 
 
+def announce_machine() -> dict:
+    """Logs the machine line every benchmark starts with; returns `machine_info()`."""
+    machine = machine_info()
+    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
+        f"{machine['load_average_1_5_15']}")
+    return machine
+
+
+def check_names(flag: str, chosen: Sequence[str], known: Sequence[str]) -> None:
+    """A usage error naming the flag and its unknown values, if any."""
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        from absl import app
+        raise app.UsageError(f"--{flag}: unknown {unknown}; known: {list(known)}")
+
+
 def max_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

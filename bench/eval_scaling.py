@@ -96,15 +96,11 @@ def main(argv):
     if FLAGS.worker:
         _common.emit_worker_result(worker())
         return
-    unknown = [o for o in FLAGS.ops if o not in OPS]
-    if unknown:
-        raise app.UsageError(f"--ops: unknown {unknown}; known: {list(OPS)}")
+    _common.check_names("ops", FLAGS.ops, OPS)
     from labse_tf import mining
 
     log = _common.log
-    machine = _common.machine_info()
-    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
-        f"{machine['load_average_1_5_15']}")
+    machine = _common.announce_machine()
     runs = []
     for i, n in enumerate(map(int, FLAGS.sizes)):
         # The order of the operations alternates by size, so neither always runs first.

@@ -94,15 +94,11 @@ def model_garden_embed_fn(vocab_file: str, vocab_size: int, cfg, batch_size: int
 
 def main(argv):
     del argv
-    unknown = [c for c in FLAGS.contenders if c not in CONTENDERS]
-    if unknown:
-        raise app.UsageError(f"--contenders: unknown {unknown}; known: {list(CONTENDERS)}")
+    _common.check_names("contenders", FLAGS.contenders, CONTENDERS)
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     log = _common.log
-    machine = _common.machine_info()
-    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
-        f"{machine['load_average_1_5_15']}")
+    machine = _common.announce_machine()
     keras.utils.set_random_seed(42)
     sentences = sample_sentences()
     workdir = tempfile.mkdtemp(prefix="labse_bench_")

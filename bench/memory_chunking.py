@@ -168,9 +168,7 @@ def main(argv):
         _common.emit_worker_result(worker())
         return
     log = _common.log
-    machine = _common.machine_info()
-    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
-        f"{machine['load_average_1_5_15']}")
+    machine = _common.announce_machine()
     chunks = [int(c) for c in FLAGS.chunk_sizes]
     runs, skipped = _resumed_runs(), []
     for i, batch in enumerate(sorted(map(int, FLAGS.batches))):

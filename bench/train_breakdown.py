@@ -165,17 +165,13 @@ def model_garden_parts(batch: dict) -> dict:
 
 def main(argv):
     del argv
-    bad = [c for c in FLAGS.contenders if c not in CONTENDERS] + [
-        p for p in FLAGS.parts if p not in PARTS]
-    if bad:
-        raise app.UsageError(f"unknown contenders or parts {bad}")
+    _common.check_names("contenders", FLAGS.contenders, CONTENDERS)
+    _common.check_names("parts", FLAGS.parts, PARTS)
     logging.set_verbosity(logging.WARNING)
     # Quiet: strategy set-up chatter, and retracing warnings (one tf.function per contender).
     tf.get_logger().setLevel("ERROR")
     log = _common.log
-    machine = _common.machine_info()
-    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
-        f"{machine['load_average_1_5_15']}")
+    machine = _common.announce_machine()
     keras.utils.set_random_seed(42)
     batches = _train_common.random_batches(1, FLAGS.global_batch, FLAGS.seq_length,
                                            FLAGS.vocab_size)

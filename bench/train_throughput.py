@@ -183,16 +183,12 @@ def model_garden_contender(batches: dict):
 
 def main(argv):
     del argv
-    unknown = [c for c in FLAGS.contenders if c not in CONTENDERS]
-    if unknown:
-        raise app.UsageError(f"--contenders: unknown {unknown}; known: {list(CONTENDERS)}")
+    _common.check_names("contenders", FLAGS.contenders, CONTENDERS)
     logging.set_verbosity(logging.WARNING)
     # Quiet: strategy set-up chatter, and retracing warnings (one tf.function per contender).
     tf.get_logger().setLevel("ERROR")
     log = _common.log
-    machine = _common.machine_info()
-    log(f"{machine['date']}  {machine['cpu']}, {machine['cores']} cores, load "
-        f"{machine['load_average_1_5_15']}")
+    machine = _common.announce_machine()
     keras.utils.set_random_seed(42)
     batches = _train_common.random_batches(FLAGS.distinct_batches, FLAGS.global_batch,
                                            FLAGS.seq_length, FLAGS.vocab_size)
