@@ -12,10 +12,10 @@ tf.function call on a fixed batch:
   update     the optimizer update alone, applying one fixed set of real gradients
   step       gradients + update (labse_tf: train.make_train_step)
 
-The labse_tf batch has the static shape of labse_tf.data.pair_dataset's batches, as in
-bench.train_throughput, whose experiments are here too: `_static` / `_dynseq` make the
-sequence length known / unknown to the graph, `_2dmm` traces the parts under
-_train_common.keras_einsum_as_2d_matmul.
+The labse_tf batch has the shape labse_tf.data.pair_dataset gives its batches (the
+sequence length unknown when trimmed, fixed for XLA), as in bench.train_throughput, whose
+experiments are here too: `_static` / `_dynseq` make the sequence length known / unknown
+to the graph, `_2dmm` traces the parts under _train_common.keras_einsum_as_2d_matmul.
 
 Parts run in interleaved windows like the other benchmarks; the table gives the median
 milliseconds per iteration, so `gradients - forward` is the backward pass.

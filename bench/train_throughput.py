@@ -13,7 +13,8 @@ Contenders (all in this one process, timed in interleaved windows):
   labse_*        labse_tf's own step: train.make_train_step (gradients.compute_gradients,
                  the Keras 3 AdamW of optimization.build_optimizer) run by loop.compile_loop
                  under a tf.distribute strategy, as labse_tf.train runs it, fed batches
-                 with the static shape data.pair_dataset gives (_train_common.pipeline_shape).
+                 with the shape data.pair_dataset gives (_train_common.pipeline_shape:
+                 a trimmed, unknown sequence length; the static one for `_xla`).
                  `_xla` sets train.jit_compile=true; `_2rep` is MirroredStrategy over 2
                  logical CPU devices at the same global batch (1 replica: OneDeviceStrategy);
                  `_chunk64` sets train.chunk_size=64 (see also bench.memory_chunking).
