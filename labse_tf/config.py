@@ -115,6 +115,10 @@ class OptimizerConfig:
     warmup_steps: int = 10
     # Decay after warm-up: linear (to 0 at train.steps), cosine, or constant.
     schedule: str = "linear"
+    # Update only the embedding rows of the tokens in each batch (LazyAdam: absent rows
+    # keep their moments and skip the decay). Much faster when the vocabulary is large
+    # next to a batch's tokens; false is exact AdamW.
+    lazy_embeddings: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
