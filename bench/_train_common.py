@@ -1,8 +1,7 @@
 """Training pieces shared by the training benchmarks: random batches shaped like labse_tf's
 pipeline, the `small` config, the Model Garden contender (tf-models-official, imported only
-when asked for), and the einsum experiment."""
+when asked for), and the static shapes the pipeline gives its batches."""
 
-import contextlib
 import functools
 import os
 import tempfile
@@ -106,11 +105,10 @@ def pipeline_shape(batch_size: int, seq_length: int, static: bool = False) -> tf
     not when `static`: labse_tf.distribute.needs_static_shapes, e.g. for XLA).
 
     The benchmarks feed random batches instead of the real pipeline, but with the static
-    shape the pipeline gives, because the shape decides which kernels Keras traces: with a
-    static sequence length, Keras 3.15's TensorFlow einsum computes the attention
-    projections (EinsumDense `abc,cde->abde`, `abcd,cde->abe`) as a broadcasting
-    BatchMatMulV2 of the rank-3 input with the rank-2 kernel (slow on CPU, and its
-    gradient materialises a `[batch, c, d*e]` intermediate); with it unknown, as tf.einsum.
+    shape the pipeline gives, because the shape can decide which kernels Keras traces. The
+    encoder's attention projections no longer depend on it: labse_tf.model computes them
+    as 2-D MatMuls whether the sequence length is static or not (Keras 3.15's TensorFlow
+    einsum would make them a broadcasting BatchMatMulV2, or tf.einsum).
     """
     from labse_tf import data, vocab
     from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor
@@ -149,39 +147,3 @@ def hide_sequence_length(batch: dict) -> dict:
     end = length + tf.random.uniform([], 0, 1, tf.int32)
     return {k: v[..., :end] for k, v in batch.items()}
 
-
-@contextlib.contextmanager
-def keras_einsum_as_2d_matmul():
-    """An experiment standing in for a Keras fix: EinsumDense projections as one 2-D MatMul.
-
-    While this context is active, Keras's TensorFlow einsum computes `abc,cde->abde` and
-    `abcd,cde->abe` by flattening the input to `[batch*seq, c]` (or `[batch*seq, c*d]`),
-    one MatMul, and a reshape, whether the sequence length is static (instead of a
-    broadcasting BatchMatMulV2, see `pipeline_shape`) or not (instead of tf.einsum, whose
-    bfloat16 kernel on CPU is several times slower than MatMul's). Only functions traced
-    inside the context are affected.
-    """
-    from keras.src.backend.tensorflow import numpy as backend_numpy
-
-    original = backend_numpy.einsum
-
-    def einsum(subscripts, *operands, **kwargs):
-        contracted = _FLATTENED.get(backend_numpy._normalize_einsum_subscripts(subscripts))
-        if contracted and len(operands) == 2 and not kwargs:
-            x, kernel = (tf.convert_to_tensor(o) for o in operands)
-            if x.dtype == kernel.dtype and kernel.shape.is_fully_defined():
-                inner = int(np.prod(kernel.shape[:contracted]))
-                out = tf.matmul(tf.reshape(x, [-1, inner]), tf.reshape(kernel, [inner, -1]))
-                outer = tf.shape(x)[:x.shape.rank - contracted]
-                return tf.reshape(out, tf.concat([outer, kernel.shape[contracted:]], 0))
-        return original(subscripts, *operands, **kwargs)
-
-    backend_numpy.einsum = einsum
-    try:
-        yield
-    finally:
-        backend_numpy.einsum = original
-
-
-# EinsumDense equation → how many leading kernel axes it contracts with the input's last axes.
-_FLATTENED = {"abc,cde->abde": 1, "abcd,cde->abe": 2}

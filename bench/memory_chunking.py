@@ -12,10 +12,6 @@ also allocates everything a step needs), then timed steps of one loop call each 
 --steps are done or --time_budget seconds have passed (at least one). It reports pairs/s (median of the timed
 steps) and max RSS (getrusage) after building the model and after the steps.
 
---einsum_2d_matmul traces every step under _train_common.keras_einsum_as_2d_matmul, the
-experiment bench/README.md describes (Keras's broadcasting BatchMatMulV2 gradient
-materialises `[2*batch, 256, 256]` intermediates in the attention projections).
-
 The two chunk sizes of one batch run back to back, alternating which goes first, so they
 see similar load. Batches run in increasing order, and a run whose max RSS, extrapolated
 from the smaller batches of the same chunk size (a line through two or more, or the growth
@@ -28,7 +24,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -51,7 +46,6 @@ flags.DEFINE_bool("resume", False, "Keep the runs already in --output (same sett
                   "measure only the missing ones.")
 flags.DEFINE_list("memory_gb", ["4", "8", "16"], "Memory sizes for which the largest batch "
                   "that fits is extrapolated.")
-flags.DEFINE_bool("einsum_2d_matmul", False, "Run the einsum experiment (see above).")
 flags.DEFINE_integer("seq_length", 32, "Tokens per sentence.")
 flags.DEFINE_integer("vocab_size", 32000, "Synthetic vocabulary size.")
 flags.DEFINE_integer("timeout", 3600, "Seconds before a worker subprocess is abandoned.")
@@ -90,9 +84,7 @@ def worker() -> dict:
     one = tf.constant(1)
     rss_built = _common.max_rss_bytes()
     tick = time.perf_counter()
-    with (_train_common.keras_einsum_as_2d_matmul() if FLAGS.einsum_2d_matmul
-          else contextlib.nullcontext()):
-        float(loop(iterator, one)["loss"])  # traced here
+    float(loop(iterator, one)["loss"])  # traced here
     first = time.perf_counter() - tick
     rss_first = _common.max_rss_bytes()
     seconds = []
@@ -125,8 +117,7 @@ def _write(machine: dict, runs, skipped, costs: dict, fits: dict, quiet: bool = 
         "benchmark": NAME, "machine": machine,
         "setup": {"seq_length": FLAGS.seq_length, "vocab_size": FLAGS.vocab_size,
                   "steps": FLAGS.steps, "time_budget": FLAGS.time_budget, "precision": "fp32",
-                  "einsum_2d_matmul": FLAGS.einsum_2d_matmul, "replicas": 1,
-                  "model": "configs/small.yaml"},
+                  "replicas": 1, "model": "configs/small.yaml"},
         "runs": runs, "skipped": skipped, "chunking_throughput_cost": costs,
         "rss_linear_fit": fits}
     if quiet:
@@ -141,7 +132,7 @@ def _resumed_runs() -> list:
         return []
     with open(FLAGS.output, encoding="utf-8") as f:
         old = json.load(f)
-    keys = ("seq_length", "vocab_size", "einsum_2d_matmul")
+    keys = ("seq_length", "vocab_size")
     if any(old["setup"].get(k) != getattr(FLAGS, k) for k in keys):
         raise app.UsageError(f"--resume: {FLAGS.output} was measured with other settings "
                              f"({ {k: old['setup'].get(k) for k in keys} })")
@@ -192,8 +183,7 @@ def main(argv):
             result = _common.run_worker(
                 NAME, ["--worker", f"--batch={batch}", f"--chunk={chunk}",
                        f"--steps={FLAGS.steps}", f"--time_budget={FLAGS.time_budget}",
-                       f"--seq_length={FLAGS.seq_length}", f"--vocab_size={FLAGS.vocab_size}",
-                       f"--einsum_2d_matmul={FLAGS.einsum_2d_matmul}"],
+                       f"--seq_length={FLAGS.seq_length}", f"--vocab_size={FLAGS.vocab_size}"],
                 timeout=FLAGS.timeout)
             result["process_seconds"] = round(time.perf_counter() - tick, 1)
             result["load_average_1"] = round(os.getloadavg()[0], 2)

@@ -15,7 +15,7 @@ tf.function call on a fixed batch:
 The labse_tf batch has the shape labse_tf.data.pair_dataset gives its batches (the
 sequence length unknown when trimmed, fixed for XLA), as in bench.train_throughput, whose
 experiments are here too: `_static` / `_dynseq` make the sequence length known / unknown
-to the graph, `_2dmm` traces the parts under _train_common.keras_einsum_as_2d_matmul.
+to the graph (labse_tf.model computes the attention projections as 2-D MatMuls either way).
 
 Parts run in interleaved windows like the other benchmarks; the table gives the median
 milliseconds per iteration, so `gradients - forward` is the backward pass.
@@ -25,7 +25,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import contextlib  # noqa: E402
 import statistics  # noqa: E402
 
 import keras  # noqa: E402
@@ -41,7 +40,7 @@ from labse_tf.optimization import build_optimizer  # noqa: E402
 from labse_tf.train import make_train_step  # noqa: E402
 
 NAME = "train_breakdown"
-# name → (precision, jit_compile, experiment: "", "static", "dynseq" or "2dmm");
+# name → (precision, jit_compile, experiment: "", "static" or "dynseq");
 # None marks Model Garden.
 CONTENDERS = {"labse_fp32": ("fp32", False, ""), "labse_bf16": ("bf16", False, ""),
               "labse_fp32_xla": ("fp32", True, ""), "labse_bf16_xla": ("bf16", True, ""),
@@ -49,14 +48,11 @@ CONTENDERS = {"labse_fp32": ("fp32", False, ""), "labse_bf16": ("bf16", False, "
               "labse_bf16_static": ("bf16", False, "static"),
               "labse_fp32_dynseq": ("fp32", False, "dynseq"),
               "labse_bf16_dynseq": ("bf16", False, "dynseq"),
-              "labse_fp32_2dmm": ("fp32", False, "2dmm"),
-              "labse_bf16_2dmm": ("bf16", False, "2dmm"),
               "mg_fp32": None}
 PARTS = ("forward", "gradients", "update", "step")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("contenders", ["labse_fp32", "labse_fp32_2dmm", "labse_bf16",
-                                 "labse_bf16_2dmm", "mg_fp32"],
+flags.DEFINE_list("contenders", ["labse_fp32", "labse_bf16", "mg_fp32"],
                   f"Which to run, of {list(CONTENDERS)}.")
 flags.DEFINE_list("parts", ["forward", "gradients"],
                   f"Which parts to time, of {list(PARTS)}.")
@@ -69,9 +65,9 @@ flags.DEFINE_integer("warmup", 1, "Untimed windows per part first.")
 flags.DEFINE_string("output", _common.default_output(NAME), "Where to write the JSON results.")
 
 
-def _repeat(fn, experiment: str):
+def _repeat(fn):
     """A window: a tf.function running `fn` (→ scalar) --iterations times; summing keeps
-    every run alive. Traced on its first call, under the 2dmm experiment if asked."""
+    every run alive."""
 
     @tf.function
     def run(n):
@@ -83,9 +79,7 @@ def _repeat(fn, experiment: str):
     n = tf.constant(FLAGS.iterations)
 
     def window():
-        with (_train_common.keras_einsum_as_2d_matmul() if experiment == "2dmm"
-              else contextlib.nullcontext()):
-            float(run(n))
+        float(run(n))
         return FLAGS.iterations
 
     return window
@@ -180,9 +174,8 @@ def main(argv):
     for name in FLAGS.contenders:
         parts = (model_garden_parts(batch) if CONTENDERS[name] is None
                  else labse_parts(*CONTENDERS[name], batch))
-        experiment = CONTENDERS[name][2] if CONTENDERS[name] else ""
         for part in FLAGS.parts:
-            windows[f"{name}/{part}"] = _repeat(parts[part], experiment)
+            windows[f"{name}/{part}"] = _repeat(parts[part])
         log(f"built {name}")
     rates, cpu_rates = _common.interleaved(windows, windows=FLAGS.windows,
                                            warmup=FLAGS.warmup, label="iterations")

@@ -1,7 +1,7 @@
 r"""Training throughput (pairs/s) of labse_tf against Model Garden at the `small` shape.
 
     python -m bench.train_throughput                  # the default contenders, ~5 min loaded
-    python -m bench.train_throughput --contenders=labse_fp32,labse_fp32_2dmm,mg_fp32 --windows=6
+    python -m bench.train_throughput --contenders=labse_fp32,labse_fp32_dynseq,mg_fp32 --windows=6
 
 One training step = both sides through the encoder (training mode, dropout 0.1), the
 bidirectional in-batch softmax ranking loss (scale 20, margin 0.3), gradients, and an AdamW
@@ -20,8 +20,8 @@ Contenders (all in this one process, timed in interleaved windows):
                  `_chunk64` sets train.chunk_size=64 (see also bench.memory_chunking).
                  Experiments around Keras's einsum (see bench/README.md): `_static` and
                  `_dynseq` make the sequence length known or unknown to the graph whatever
-                 the pipeline does; `_2dmm` traces the step under
-                 _train_common.keras_einsum_as_2d_matmul.
+                 the pipeline does (labse_tf.model computes the attention projections as
+                 2-D MatMuls either way, so neither should be a slow path).
   mg_fp32        Model Garden (tf-models-official, tf_keras): networks.BertEncoder inside
                  models.DualEncoder(output="logits"), the loss written here, the AdamW of
                  Model Garden's OptimizerFactory ("adamw" = AdamWeightDecay, clip 1.0),
@@ -37,7 +37,6 @@ from labse_tf import distribute  # noqa: E402
 # Two logical CPU devices must exist before TensorFlow initialises its devices.
 distribute.set_cpu_devices(2)
 
-import contextlib  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
@@ -53,8 +52,8 @@ from labse_tf.train import make_train_step  # noqa: E402
 
 NAME = "train_throughput"
 # name → (precision, jit_compile, replicas, experiment, chunk_size); experiment is "" (the
-# pipeline's shapes), "static" or "dynseq" (sequence length known or not), or "2dmm";
-# None marks Model Garden.
+# pipeline's shapes), "static" or "dynseq" (sequence length known or not); None marks
+# Model Garden.
 CONTENDERS = {
     "labse_fp32": ("fp32", False, 1, "", 0),
     "labse_bf16": ("bf16", False, 1, "", 0),
@@ -67,13 +66,7 @@ CONTENDERS = {
     "labse_fp32_xla_static": ("fp32", True, 1, "static", 0),
     "labse_fp32_dynseq": ("fp32", False, 1, "dynseq", 0),
     "labse_bf16_dynseq": ("bf16", False, 1, "dynseq", 0),
-    "labse_fp32_2dmm": ("fp32", False, 1, "2dmm", 0),
-    "labse_bf16_2dmm": ("bf16", False, 1, "2dmm", 0),
-    "labse_fp32_2dmm_2rep": ("fp32", False, 2, "2dmm", 0),
-    "labse_fp32_xla_2dmm": ("fp32", True, 1, "2dmm", 0),
-    "labse_bf16_xla_2dmm": ("bf16", True, 1, "2dmm", 0),
     "labse_fp32_chunk64": ("fp32", False, 1, "", 64),
-    "labse_fp32_2dmm_chunk64": ("fp32", False, 1, "2dmm", 64),
     "mg_fp32": None,
 }
 DEFAULT_CONTENDERS = ["labse_fp32", "labse_bf16", "labse_fp32_xla", "labse_bf16_xla",
@@ -89,12 +82,7 @@ RATIOS = [("labse_fp32", "mg_fp32", ">= 1.0"), ("labse_bf16", "mg_fp32", ">= 2.0
           ("labse_fp32_xla_static", "labse_fp32_static", None),
           ("labse_fp32_dynseq", "mg_fp32", None), ("labse_fp32_dynseq", "labse_fp32", None),
           ("labse_bf16_dynseq", "mg_fp32", None), ("labse_bf16_dynseq", "labse_bf16", None),
-          ("labse_fp32_2dmm", "mg_fp32", None), ("labse_fp32_2dmm", "labse_fp32", None),
-          ("labse_bf16_2dmm", "mg_fp32", None), ("labse_bf16_2dmm", "labse_bf16", None),
-          ("labse_fp32_2dmm_2rep", "labse_fp32_2dmm", ">= 0.9"),
-          ("labse_fp32_xla_2dmm", "mg_fp32", None), ("labse_bf16_xla_2dmm", "mg_fp32", None),
-          ("labse_fp32_chunk64", "labse_fp32", ">= 0.65"),
-          ("labse_fp32_2dmm_chunk64", "labse_fp32_2dmm", ">= 0.65")]
+          ("labse_fp32_chunk64", "labse_fp32", ">= 0.65")]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("contenders", DEFAULT_CONTENDERS, f"Which to run, of {list(CONTENDERS)}.")
@@ -146,10 +134,7 @@ def labse_contender(name: str, strategy, precision: str, jit: bool, experiment: 
     steps = tf.constant(FLAGS.steps_per_window)
 
     def window():
-        # The loop is traced on its first call: under the 2dmm experiment if asked.
-        with (_train_common.keras_einsum_as_2d_matmul() if experiment == "2dmm"
-              else contextlib.nullcontext()):
-            _check(float(loop(iterator, steps)["loss"]), name)
+        _check(float(loop(iterator, steps)["loss"]), name)
         return FLAGS.steps_per_window * FLAGS.global_batch
 
     return window

@@ -5,6 +5,7 @@ One encoder serves both sides of the dual encoder. This file builds models; it n
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from labse_tf.config import ModelConfig
@@ -31,6 +32,34 @@ class MaskedMean(keras.layers.Layer):
         return total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
 
 
+# keras-hub's attention projections: EinsumDense equation → kernel axes it contracts.
+_FLAT_EQUATIONS = {"abc,cde->abde": 1, "abcd,cde->abe": 2}
+
+
+def _project_as_matmul(layer: keras.layers.EinsumDense) -> None:
+    """Computes an attention projection as one `[tokens, in] x [in, out]` MatMul.
+
+    The product `EinsumDense` computes, by the fastest kernel: Keras 3's TensorFlow einsum
+    makes it a broadcasting BatchMatMul when the sequence length is static (~1.6x slower
+    to train on CPU), and tf.einsum when it is not, whose bfloat16 CPU kernel is ~20x
+    slower than MatMul's (bench/README.md section 1).
+    """
+    contracted = _FLAT_EQUATIONS[layer.equation]
+
+    def call(inputs, training=None):
+        kernel = tf.convert_to_tensor(layer.kernel)  # autocast to the compute dtype
+        inner = int(np.prod(kernel.shape[:contracted]))
+        flat = tf.matmul(tf.reshape(inputs, [-1, inner]), tf.reshape(kernel, [inner, -1]))
+        outer = inputs.shape.rank - contracted
+        x = tf.reshape(flat, tf.concat([tf.shape(inputs)[:outer], kernel.shape[contracted:]], 0))
+        x.set_shape(inputs.shape[:outer].concatenate(kernel.shape[contracted:]))
+        if layer.bias is not None:
+            x = keras.ops.add(x, layer.bias)
+        return x if layer.activation is None else layer.activation(x)
+
+    object.__setattr__(layer, "call", call)  # this instance only; Keras tracks no functions
+
+
 def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") -> keras.Model:
     """Builds the encoder.
 
@@ -51,6 +80,9 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") ->
         hidden_dim=cfg.hidden_dim, intermediate_dim=cfg.intermediate_dim,
         dropout=cfg.dropout, max_sequence_length=cfg.max_sequence_length, num_segments=2,
         dtype=encoder_dtype_policy(precision), name="bert")
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.EinsumDense) and layer.equation in _FLAT_EQUATIONS:
+            _project_as_matmul(layer)
     outputs = backbone.output
     pooled = outputs["pooled_output"]
     if cfg.pooling == "mean":
