@@ -51,9 +51,9 @@ class _AdamW(keras.optimizers.AdamW):
       duplicate rows summed once; clipping scales its rows. Keras would densify it to the
       whole vocabulary several times per step, which dominated small models' steps on CPU.
       It is then made dense once for the exact AdamW update, or, with `lazy_embeddings`
-      (not on TPUs), only its rows are updated (moments, decay and weights: LazyAdam). Lazy rows not in
-      the batch keep their moments and skip the decay, so lazy is not AdamW; it is much
-      faster when the vocabulary is large next to the tokens in a batch.
+      (not on TPUs), only its rows are updated (moments, decay and weights: LazyAdam).
+      Lazy rows not in the batch keep their moments and skip the decay, so lazy is not
+      AdamW; it is much faster when the vocabulary is large next to a batch's tokens.
     """
 
     def __init__(self, *, lazy_embeddings: bool = False, **kwargs):
@@ -70,7 +70,8 @@ class _AdamW(keras.optimizers.AdamW):
         sparse = not isinstance(self._distribution_strategy, tf.distribute.TPUStrategy)
         grads = [(_sum_duplicates(g) if sparse else tf.convert_to_tensor(g))
                  if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        variables = (self._trainable_variables if trainable_variables is None
+                     else trainable_variables)
         self._lazy_keys = {self._var_key(v) for g, v in zip(grads, variables)
                            if self.lazy_embeddings and isinstance(g, tf.IndexedSlices)}
         return super().apply(grads, trainable_variables)
@@ -105,7 +106,8 @@ class _AdamW(keras.optimizers.AdamW):
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=m.handle, v=v.handle, beta1_power=beta_1 ** step,
             beta2_power=beta_2 ** step, lr=lr, beta1=beta_1, beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
 
     def _lazy_update(self, gradient, variable, m, v, lr, step):
         """Adam (and decoupled decay) on the gradient's rows only; they are unique."""
