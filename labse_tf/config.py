@@ -77,8 +77,10 @@ class DataConfig:
     seq_length: int = 32
     # Language sampling exponent: p(lang) ∝ n_lang^alpha (LaBSE: 0.3; 1 = proportional).
     alpha: float = 0.3
-    # Shuffle buffer of each language's stream, in pairs.
-    shuffle_buffer: int = 10000
+    # Pairs in a row drawn from one language (1 = every pair's language drawn apart). The
+    # batch then holds batch/group languages, so each positive also competes with
+    # group-1 negatives of its own language, as in retrieval within one language pair.
+    language_group: int = 1
     # Malformed input lines reported with file:line before the rest are only counted.
     report_malformed: int = 5
 
@@ -242,6 +244,9 @@ def _validate(cfg: Config) -> Config:
         ("data.seq_length", 3 <= cfg.data.seq_length <= cfg.model.max_sequence_length,
          "must be in [3, model.max_sequence_length]"),
         ("data.alpha", 0.0 <= cfg.data.alpha <= 1.0, "must be in [0, 1]"),
+        ("data.language_group", cfg.data.language_group >= 1
+         and cfg.train.global_batch_size % cfg.data.language_group == 0,
+         "must be >= 1 and divide train.global_batch_size"),
         ("loss.scale", cfg.loss.scale > 0, "must be > 0"),
         ("loss.margin", cfg.loss.margin >= 0, "must be >= 0"),
         ("optimizer.schedule", cfg.optimizer.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),

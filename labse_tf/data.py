@@ -225,7 +225,7 @@ def language_weights(counts: Sequence[int], alpha: float) -> np.ndarray:
 
 def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, alpha: float,
                  seed: int, start_step: int = 0, seq_length: int | None = None,
-                 trim: bool = True) -> tf.data.Dataset:
+                 trim: bool = True, language_group: int = 1) -> tf.data.Dataset:
     """An endless dataset of tokenized batches of translation pairs.
 
     Args:
@@ -242,6 +242,7 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         broadcasting BatchMatMul, ~1.6x slower to train on CPU: bench/README.md). False
         keeps the static `seq_length` that XLA (TPUs, train.jit_compile) compiles once and
         that multi-worker collectives need (distribute.needs_static_shapes).
+      language_group: int. Consecutive pairs drawn from one language (see `pair_strings`).
 
     Returns:
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
@@ -258,7 +259,8 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         return {"src": _static_batch(src, batch_size, length),
                 "tgt": _static_batch(tgt, batch_size, length)}
 
-    return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed, start_step=start_step)
+    return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed,
+                         start_step=start_step, language_group=language_group)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -290,11 +292,12 @@ def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
 
 
 def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
-                 start_step: int = 0) -> tf.data.Dataset:
+                 start_step: int = 0, language_group: int = 1) -> tf.data.Dataset:
     """The draws of `pair_dataset` as strings: `{"src": [batch_size], "tgt": [batch_size]}`.
 
     Language first (p ∝ n^alpha), then a pair uniformly within it, keyed on (seed, step)
-    so that a resumed run continues the same stream.
+    so that a resumed run continues the same stream. With `language_group` > 1 each drawn
+    language gives that many consecutive pairs (the batch size must be a multiple).
     """
     counts = [len(s) for s in pairs.src]
     log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
@@ -303,9 +306,15 @@ def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
     _, src_all, tgt_all = pairs.flat()
     src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
 
+    if batch_size % language_group:
+        raise ValueError(f"the batch size {batch_size} is not a multiple of the language group "
+                         f"size {language_group}")
+
     def draw(step):
         key = tf.cast(seed, tf.int64)
-        lang = tf.random.stateless_categorical(log_p, batch_size, seed=tf.stack([key, 2 * step]))[0]
+        lang = tf.random.stateless_categorical(log_p, batch_size // language_group,
+                                               seed=tf.stack([key, 2 * step]))[0]
+        lang = tf.repeat(lang, language_group)
         u = tf.random.stateless_uniform([batch_size], seed=tf.stack([key, 2 * step + 1]))
         index = tf.gather(starts, lang) + tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
         return {"src": tf.gather(src_all, index), "tgt": tf.gather(tgt_all, index)}

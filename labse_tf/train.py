@@ -49,6 +49,10 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
             f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
             f"{replicas} replicas")
 
+    if (cfg.train.global_batch_size // replicas) % cfg.data.language_group:
+        raise config_lib.ConfigError(
+            f"data.language_group: {cfg.data.language_group} does not divide the batch of each "
+            f"of the {replicas} replicas ({cfg.train.global_batch_size // replicas} pairs)")
     static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
@@ -56,7 +60,7 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
         return data.pair_dataset(
             shard, preprocessor, batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
             alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
-            start_step=start_step, trim=not static)
+            start_step=start_step, trim=not static, language_group=cfg.data.language_group)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 

@@ -99,6 +99,26 @@ def test_sampling_frequencies_match_smoothed_weights(vocab_file):
     np.testing.assert_allclose(freq, expected, atol=0.03)  # 4000 draws: ~3 sigma
 
 
+def test_language_groups_draw_consecutive_pairs_from_one_language():
+    counts = {"aaa": 500, "bbb": 300, "ccc": 200}
+    pairs = _pairs(counts)
+    stream = data.pair_strings(pairs, batch_size=12, alpha=1.0, seed=3, language_group=4)
+    seen = collections.Counter()
+    for batch in stream.take(200):
+        src = [s.decode() for s in batch["src"].numpy()]
+        tgt = [t.decode() for t in batch["tgt"].numpy()]
+        assert [s.split()[-1] for s in src] == [t.split()[-1] for t in tgt]  # aligned
+        langs = [s.split()[0] for s in src]
+        for g in range(3):
+            assert len(set(langs[4 * g:4 * g + 4])) == 1, langs
+            seen[langs[4 * g]] += 1
+    # Groups are drawn like single pairs were (p ∝ n^alpha): 600 groups, ~3 sigma.
+    freq = np.array([seen[l] for l in pairs.langs]) / 600
+    np.testing.assert_allclose(freq, data.language_weights(list(counts.values()), 1.0), atol=0.06)
+    with pytest.raises(ValueError, match="batch size 10 is not a multiple of the language group size 4"):
+        data.pair_strings(pairs, batch_size=10, alpha=1.0, seed=3, language_group=4)
+
+
 def test_batches_are_aligned_shaped_and_resumable(vocab_file, sample_pairs):
     pre = Preprocessor(vocab_file, seq_length=12)
     full = list(data.pair_dataset(sample_pairs, pre, batch_size=4, alpha=0.3, seed=5).take(5))
