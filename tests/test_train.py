@@ -134,6 +134,10 @@ def test_missing_data_and_bad_config_fail_before_training(tmp_path, vocab_file):
     assert proc.returncode == 1 and "not divisible by the 2 replicas" in proc.stderr
     proc = _train(tmp_path / "c", "--set=model.vocab_size=12", vocab_file=vocab_file)
     assert proc.returncode == 1 and "model.vocab_size: 12 but" in proc.stderr
+    proc = _train(tmp_path / "d", "--set=data.language_group=32", "--strategy=mirrored",
+                  "--cpu_replicas=2", vocab_file=vocab_file)
+    assert proc.returncode == 1 and ("data.language_group: 32 does not divide the batch of each "
+                                     "of the 2 replicas (16 pairs)") in proc.stderr
     assert not (tmp_path / "a" / "checkpoints").exists()
 
 
