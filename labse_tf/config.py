@@ -79,7 +79,8 @@ class DataConfig:
     alpha: float = 0.3
     # Pairs in a row drawn from one language (1 = every pair's language drawn apart). The
     # batch then holds batch/group languages, so each positive also competes with
-    # group-1 negatives of its own language, as in retrieval within one language pair.
+    # group-1 negatives of its own language, as in retrieval within one language pair
+    # (it scored worse in the 30-minute recipe's short runs: bench/README.md section 5).
     language_group: int = 1
     # Malformed input lines reported with file:line before the rest are only counted.
     report_malformed: int = 5

@@ -253,7 +253,7 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
 
     def tokenize(batch):
         src, tgt = (preprocessor(batch[side], seq_length) for side in ("src", "tgt"))
-        if trim:  # both sides alike: one encoder call embeds them together
+        if trim:  # both sides alike: gradient caching embeds them as one batch
             src, tgt = trim_padding(src, tgt)
         length = None if trim else seq_length or preprocessor.seq_length
         return {"src": _static_batch(src, batch_size, length),

@@ -53,6 +53,7 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
         raise config_lib.ConfigError(
             f"data.language_group: {cfg.data.language_group} does not divide the batch of each "
             f"of the {replicas} replicas ({cfg.train.global_batch_size // replicas} pairs)")
+
     static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
