@@ -115,7 +115,8 @@ def test_language_groups_draw_consecutive_pairs_from_one_language():
     # Groups are drawn like single pairs were (p ∝ n^alpha): 600 groups, ~3 sigma.
     freq = np.array([seen[l] for l in pairs.langs]) / 600
     np.testing.assert_allclose(freq, data.language_weights(list(counts.values()), 1.0), atol=0.06)
-    with pytest.raises(ValueError, match="batch size 10 is not a multiple of the language group size 4"):
+    with pytest.raises(ValueError,
+                       match="batch size 10 is not a multiple of the language group size 4"):
         data.pair_strings(pairs, batch_size=10, alpha=1.0, seed=3, language_group=4)
 
 
