@@ -299,16 +299,16 @@ def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
     so that a resumed run continues the same stream. With `language_group` > 1 each drawn
     language gives that many consecutive pairs (the batch size must be a multiple).
     """
+    if batch_size % language_group:
+        raise ValueError(f"the batch size {batch_size} is not a multiple of the language group "
+                         f"size {language_group}")
+
     counts = [len(s) for s in pairs.src]
     log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
     starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
     sizes = tf.constant(counts, tf.float32)
     _, src_all, tgt_all = pairs.flat()
     src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
-
-    if batch_size % language_group:
-        raise ValueError(f"the batch size {batch_size} is not a multiple of the language group "
-                         f"size {language_group}")
 
     def draw(step):
         key = tf.cast(seed, tf.int64)

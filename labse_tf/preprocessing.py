@@ -84,7 +84,7 @@ class Preprocessor(tf.Module):
         self.vocab_file = tf.saved_model.Asset(vocab_file)  # shipped with an export
         # BERT's pre-tokenization (whitespace, punctuation, CJK characters), then
         # tensorflow-text's trie-based wordpiece: the same pieces as its table-based
-        # BertTokenizer, ~4x faster (it was a fifth of a training step's CPU time).
+        # BertTokenizer, 3-4x faster (training pairs/s 1.28x: bench/README.md section 5).
         self._words = BasicTokenizer(lower_case=False)
         self._wordpiece = tf_text.FastWordpieceTokenizer(
             tokens, token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=True)
