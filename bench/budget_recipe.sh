@@ -5,15 +5,19 @@
 #   bash bench/budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]
 #
 # DATA_DIR has the ../shared/data layout (train/<lang>.tsv.gz); TATOEBA_DIR the standard
-# tatoeba.<lang>-eng.{<lang>,eng} files. Environment overrides (for the CI smoke run):
-# CONFIG (default budget_30min), VOCAB_SIZE, VOCAB_SENTENCES, VOCAB_WORDS, VOCAB_CHARS,
-# TRAIN_GLOB, EXTRA_SET.
+# tatoeba.<lang>-eng.{<lang>,eng} files. Training gets the budget's time left after the
+# vocabulary, less RESERVE_MINUTES for its start-up and the export (train.time_budget_minutes:
+# the steps that fit, whatever the machine's speed). Environment overrides (for the CI
+# smoke run): CONFIG (default budget_30min), BUDGET_MINUTES (30), RESERVE_MINUTES (3),
+# VOCAB_SIZE, VOCAB_SENTENCES, VOCAB_WORDS, VOCAB_CHARS, TRAIN_GLOB, EXTRA_SET.
 set -euo pipefail
 DATA=${1:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
 TATOEBA=${2:?usage: budget_recipe.sh DATA_DIR TATOEBA_DIR [OUT_DIR]}
 OUT=${3:-runs/budget}
 CONFIG=${CONFIG:-budget_30min}
-VOCAB_SIZE=${VOCAB_SIZE:-16000}
+BUDGET_MINUTES=${BUDGET_MINUTES:-30}
+RESERVE_MINUTES=${RESERVE_MINUTES:-3}
+VOCAB_SIZE=${VOCAB_SIZE:-22000}
 VOCAB_SENTENCES=${VOCAB_SENTENCES:-50000}
 VOCAB_WORDS=${VOCAB_WORDS:-40000}
 VOCAB_CHARS=${VOCAB_CHARS:-4000}
@@ -28,8 +32,9 @@ python -m labse_tf.vocab --input="$TRAIN_GLOB" --vocab_size="$VOCAB_SIZE" \
     --max_sentences="$VOCAB_SENTENCES" --max_words="$VOCAB_WORDS" \
     --max_unique_chars="$VOCAB_CHARS" --alpha=0.5 --output="$OUT/vocab.txt"
 
-stamp "2/4 dual-encoder training ($CONFIG)"
-set_args=(--set "data.vocab_file=$OUT/vocab.txt")
+train_minutes=$(python -c "print(round(max($BUDGET_MINUTES - $(( $(date +%s) - start )) / 60 - $RESERVE_MINUTES, 0.5), 2))")
+stamp "2/4 dual-encoder training ($CONFIG, $train_minutes min of training steps)"
+set_args=(--set "data.vocab_file=$OUT/vocab.txt" --set "train.time_budget_minutes=$train_minutes")
 for kv in $EXTRA_SET; do set_args+=(--set "$kv"); done
 python -m labse_tf.train --config="$CONFIG" --model_dir="$OUT/model" \
     --train_data="$TRAIN_GLOB" --export_dir="$OUT/export" "${set_args[@]}"

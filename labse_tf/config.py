@@ -130,6 +130,10 @@ class TrainConfig:
 
     # Optimizer steps in the whole run (resumed runs continue to this total).
     steps: int = 200
+    # Minutes of training-loop time after which the run ends (0 = no limit; train.steps
+    # stays the most it runs). The learning-rate decay is then paced by the clock: it
+    # ends at the step the measured speed says the time runs out. Counted over resumes.
+    time_budget_minutes: float = 0.0
     # Pairs per step summed over all replicas; must divide evenly by the replica count.
     global_batch_size: int = 32
     # Peak learning rate.
@@ -253,6 +257,7 @@ def _validate(cfg: Config) -> Config:
         ("optimizer.schedule", cfg.optimizer.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
         ("optimizer.warmup_steps", cfg.optimizer.warmup_steps >= 0, "must be >= 0"),
         ("train.steps", cfg.train.steps >= 1, "must be >= 1"),
+        ("train.time_budget_minutes", cfg.train.time_budget_minutes >= 0, "must be >= 0"),
         ("train.global_batch_size", cfg.train.global_batch_size >= 2, "must be >= 2"),
         ("train.learning_rate", cfg.train.learning_rate > 0, "must be > 0"),
         ("train.precision", cfg.train.precision in PRECISIONS, f"must be one of {PRECISIONS}"),

@@ -27,6 +27,7 @@ __all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "define_run_flags
            "run_loop"]
 
 DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
+CLOCK_FILE = "clock.json"  # loop seconds spent, for a time budget across resumes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,8 +75,10 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
              keep_checkpoints: int, examples_per_step: int, learning_rate: Callable[[], float],
              evaluate: Callable[[int], dict] | None = None, eval_every: int = 0,
              eval_key: str = "", log: Callable[[str], None] = print,
-             stop_at: int | None = None, is_chief: bool = True) -> LoopResult:
-    """Runs `loop` until `step` reaches `total_steps` (or `stop_at`), checkpointing as it goes.
+             stop_at: int | None = None, is_chief: bool = True, time_budget: float = 0.0,
+             retarget: Callable[[float], None] | None = None) -> LoopResult:
+    """Runs `loop` until `step` reaches `total_steps` (or `stop_at`, or the time budget),
+    checkpointing as it goes.
 
     The caller restores `checkpoint` before building `iterator` (the data stream depends on
     the start step), so this function only continues from `step`.
@@ -100,6 +103,10 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
       stop_at: int or None. Stop early at this step (a stage of a longer schedule).
       is_chief: bool. Under multi-worker training only the chief writes into model_dir;
         the other workers join every save (it is collective) into a scratch directory.
+      time_budget: float. Seconds of loop time after which the run stops (0 = none),
+        counted over resumes (`clock.json` beside the checkpoints).
+      retarget: callable or None. With a time budget, called after every loop call with the
+        step at which the measured speed says the budget runs out (the schedule's end).
 
     Returns:
       LoopResult.
@@ -115,6 +122,11 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
     end = min(total_steps, stop_at or total_steps)
     start_step, start_time = int(step.numpy()), time.time()
     metrics, evals, best = {}, [], _best_score(model_dir)
+    spent_before = _read_clock(model_dir) if time_budget and start_step else 0.0
+    paced_from = None  # (time, step) after the first call, which includes tracing
+
+    def spent() -> float:
+        return spent_before + time.time() - start_time
 
     def run_eval(at: int):
         nonlocal best
@@ -133,7 +145,10 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
             with open(os.path.join(write_dir, BEST_DIR, "score.json"), "w") as f:
                 json.dump({"step": at, eval_key: score}, f)
 
-    while int(step.numpy()) < end:
+    out_of_time = bool(time_budget) and spent() >= time_budget
+    if out_of_time:
+        log(f"time budget of {time_budget / 60:.1f} min already spent at step {start_step}")
+    while int(step.numpy()) < end and not out_of_time:
         now = int(step.numpy())
         # Never run past a checkpoint or evaluation boundary inside one call.
         boundaries = [end, (now // checkpoint_every + 1) * checkpoint_every, now + steps_per_loop]
@@ -151,6 +166,14 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
                 "train.learning_rate or use train.precision=fp32/bf16.")
         step.assign_add(num_steps)
         now += num_steps
+        if time_budget:
+            left = time_budget - spent()
+            out_of_time = left <= 0
+            if paced_from is None:
+                paced_from = (time.time(), now)
+            elif retarget:  # the steps/s of everything since (saves and evaluations too)
+                speed = (now - paced_from[1]) / max(time.time() - paced_from[0], 1e-9)
+                retarget(min(now + max(left, 0.0) * speed, total_steps))
         rate = examples_per_step * num_steps / max(elapsed, 1e-9)
         metrics.update(learning_rate=learning_rate(), examples_per_second=rate)
         with writer.as_default(step=now):
@@ -158,14 +181,21 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
                 tf.summary.scalar(f"train/{k}", v)
         done = time.time() - start_time
         eta = done / max(now - start_step, 1) * (end - now)
+        if time_budget:
+            eta = min(eta, max(time_budget - spent(), 0.0))
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                           if k not in ("learning_rate", "examples_per_second"))
         if is_chief:
             log(f"step {now}/{total_steps}  {shown}  lr {metrics['learning_rate']:.2e}  "
                 f"pairs/s {rate:.1f}  ETA {_format_eta(eta)}")
-        if now % checkpoint_every == 0 or now == end:
+        if now % checkpoint_every == 0 or now == end or out_of_time:
             manager.save(checkpoint_number=now)
-        if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps):
+            if time_budget and is_chief:
+                _write_clock(model_dir, now, spent())
+        if out_of_time:
+            log(f"time budget of {time_budget / 60:.1f} min reached at step {now}")
+        if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps
+                         or out_of_time):
             run_eval(now)
     writer.flush()
     return LoopResult(step=int(step.numpy()), metrics=metrics, evals=evals,
@@ -237,6 +267,22 @@ def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
         raise config_lib.ConfigError(
             f"{path}: this run's model section differs from the checkpoints' "
             f"({old.model} vs {cfg.model}); use a new --model_dir")
+
+
+def _read_clock(model_dir: str) -> float:
+    """Loop seconds spent by earlier (interrupted) parts of this run, as of its last checkpoint."""
+    path = os.path.join(model_dir, CLOCK_FILE)
+    if not os.path.exists(path):
+        return 0.0
+    with open(path) as f:
+        return float(json.load(f)["seconds"])
+
+
+def _write_clock(model_dir: str, at: int, seconds: float) -> None:
+    path = os.path.join(model_dir, CLOCK_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"step": at, "seconds": round(seconds, 2)}, f)
+    os.replace(path + ".tmp", path)  # a kill mid-write leaves the previous clock
 
 
 def _best_score(model_dir: str):

@@ -6,24 +6,31 @@ import tensorflow as tf
 
 from labse_tf.config import OptimizerConfig
 
-__all__ = ["WarmupDecay", "build_optimizer"]
+__all__ = ["WarmupDecay", "build_optimizer", "retarget_decay"]
 
 
 @keras.saving.register_keras_serializable("labse_tf")
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`, cosine, or constant."""
+    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`, cosine, or constant.
+
+    `retarget` moves the step where the decay ends while training (a run paced by the clock).
+    """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str,
                  start_step: int = 0):
         self.peak, self.warmup_steps = peak, warmup_steps
         self.total_steps, self.schedule = total_steps, schedule
         self.start_step = start_step
+        self.end_step = tf.Variable(float(total_steps), trainable=False, name="decay_end")
+
+    def retarget(self, end_step: float) -> None:
+        self.end_step.assign(float(end_step))
 
     def __call__(self, step):
         # An optimizer made mid-run (a pre-training stage) counts from 0; the run does not.
         step = tf.cast(step, tf.float32) + self.start_step
         warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
-        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        decay_steps = tf.maximum(tf.cast(self.end_step, tf.float32) - self.warmup_steps, 1.0)
         progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
         if self.schedule == "linear":
             decayed = 1.0 - progress
@@ -133,6 +140,12 @@ def _sum_duplicates(grad: tf.IndexedSlices) -> tf.IndexedSlices:
     rows, position = tf.unique(grad.indices)
     values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
     return tf.IndexedSlices(values, rows, grad.dense_shape)
+
+
+def retarget_decay(optimizer: keras.optimizers.Optimizer, end_step: float) -> None:
+    """Moves the end of `optimizer`'s learning-rate decay (from `build_optimizer`) to `end_step`."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under fp16 loss scaling
+    inner._learning_rate.retarget(end_step)
 
 
 def build_optimizer(cfg: OptimizerConfig, *, learning_rate: float, total_steps: int,

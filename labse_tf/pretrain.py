@@ -236,6 +236,9 @@ def _check(cfg: config_lib.Config) -> None:
     if cfg.train.chunk_size:
         raise config_lib.ConfigError("train.chunk_size: gradient caching is for the dual "
                                      "encoder's global-batch loss; set 0 for pre-training")
+    if cfg.train.time_budget_minutes:
+        raise config_lib.ConfigError("train.time_budget_minutes: pre-training stages are "
+                                     "counted in steps (pretrain.stage_steps); set 0")
 
 
 def _resume_point(stages: list[Stage]) -> tuple[int, str | None]:

@@ -25,7 +25,7 @@ from labse_tf import loop as loop_lib
 from labse_tf.gradients import compute_gradients, seed_generators
 from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
 from labse_tf.model import build_encoder
-from labse_tf.optimization import build_optimizer
+from labse_tf.optimization import build_optimizer, retarget_decay
 
 FLAGS = flags.FLAGS
 
@@ -134,6 +134,11 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
           eval_sets: dict | None = None, init_checkpoint: str = "", log=print) -> dict:
     """Trains (or resumes) a run; returns the run summary (also written as summary.json)."""
     keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.time_budget_minutes and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise config_lib.ConfigError(
+            "train.time_budget_minutes: each worker would read its own clock and stop at its "
+            "own step; under --strategy=multi_worker set train.steps instead")
     is_chief = distribute.is_chief(strategy)
     if init_checkpoint:
         cfg = inherit_pretrained(cfg, init_checkpoint, log)
@@ -168,7 +173,8 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         learning_rate=lambda: float(optimizer.learning_rate),
         evaluate=evaluate_fn, eval_every=cfg.train.eval_every,
         eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "", log=log,
-        is_chief=is_chief)
+        is_chief=is_chief, time_budget=cfg.train.time_budget_minutes * 60,
+        retarget=lambda end: retarget_decay(optimizer, end))
     summary = {
         "model_dir": os.path.abspath(model_dir), "step": result.step,
         "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,

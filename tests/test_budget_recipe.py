@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -39,3 +40,7 @@ def test_recipe_runs_end_to_end_and_compares_with_the_baseline(tmp_path):
     assert "language      model  trigram" in table
     assert f"{100 * model['mean_accuracy']:.1f}%" in table.splitlines()[-2]
     assert (out / "export" / "serving" / "1" / "saved_model.pb").exists()
+    # Training was given the 30 minutes less the vocabulary's time and the 3-minute reserve.
+    minutes = float(re.search(r"\(tiny, ([\d.]+) min of training steps\)", proc.stdout).group(1))
+    assert 25.0 < minutes <= 27.0
+    assert f"time_budget_minutes: {minutes}" in (out / "model" / "config.yaml").read_text()

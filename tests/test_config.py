@@ -43,6 +43,7 @@ def test_set_overrides_are_typed():
     ("train.precision=fp8", r"train\.precision: must be one of"),
     ("model.num_heads=3", r"model\.num_heads: must divide model\.hidden_dim"),
     ("model.num_layers=-1", r"model\.num_layers: must be >= 0"),
+    ("train.time_budget_minutes=-1", r"train\.time_budget_minutes: must be >= 0"),
     ("data.language_group=3",
      r"data\.language_group: must be >= 1 and divide train\.global_batch_size"),
     ("train.steps", r"expected KEY=VALUE"),

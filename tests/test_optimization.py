@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from labse_tf.config import OptimizerConfig
-from labse_tf.optimization import build_optimizer
+from labse_tf.optimization import WarmupDecay, build_optimizer, retarget_decay
 
 LR, WD, CLIP = 0.05, 0.1, 1.0
 SHAPES = {"embeddings": (6, 3), "kernel": (3, 2), "bias": (2,)}  # bias: no weight decay
@@ -117,3 +117,32 @@ def test_mirrored_update_matches_one_device(lazy):
     single = _run(make, _steps())
     for k in SHAPES:
         np.testing.assert_allclose(mirrored[k], single[k], rtol=1e-6, err_msg=k)
+
+
+def _numpy_schedule(step, peak, warmup, end, kind):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(max((step - warmup) / max(end - warmup, 1), 0.0), 1.0)
+    return peak * {"linear": 1 - progress, "cosine": 0.5 * (1 + np.cos(np.pi * progress)),
+                   "constant": 1.0}[kind]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_schedule_matches_numpy(kind):
+    schedule = WarmupDecay(2e-3, 10, 110, kind)
+    for step in (0, 5, 9, 10, 40, 109, 110, 500):
+        np.testing.assert_allclose(float(schedule(step)), _numpy_schedule(step, 2e-3, 10, 110, kind),
+                                   rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_retarget_moves_the_end_of_the_decay(precision):
+    # A run paced by the clock: built for 10,000 steps, it learns it will end at step 60.
+    optimizer = build_optimizer(dataclasses.replace(OptimizerConfig(), warmup_steps=10),
+                                learning_rate=1e-3, total_steps=10_000, precision=precision)
+    retarget_decay(optimizer, 60)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    for step in (10, 35, 60, 80):
+        inner.iterations.assign(step)
+        np.testing.assert_allclose(float(inner.learning_rate), _numpy_schedule(step, 1e-3, 10, 60, "linear"),
+                                   rtol=1e-5, atol=1e-8)

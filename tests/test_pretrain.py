@@ -130,6 +130,13 @@ def _layer(model, i):
     return [v.numpy() for v in model.weights if v.path.startswith(f"transformer_layer_{i}/")]
 
 
+def test_pretraining_refuses_a_time_budget(tmp_path):
+    cfg = config_lib.load_config("tiny_pretrain", ["train.time_budget_minutes=5"])
+    with pytest.raises(config_lib.ConfigError, match="train.time_budget_minutes: pre-training"):
+        pretrain.pretrain(cfg, strategy=tf.distribute.get_strategy(), model_dir=str(tmp_path),
+                          train_patterns=[data.sample_corpus_path("train")])
+
+
 def test_stack_layers_repeats_the_old_stack():
     small = config_lib.ModelConfig(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32)
     source = pretrain.build_masked_lm(small, 50)

@@ -138,6 +138,9 @@ def test_missing_data_and_bad_config_fail_before_training(tmp_path, vocab_file):
                   "--cpu_replicas=2", vocab_file=vocab_file)
     assert proc.returncode == 1 and ("data.language_group: 32 does not divide the batch of each "
                                      "of the 2 replicas (16 pairs)") in proc.stderr
+    proc = _train(tmp_path / "e", "--set=train.time_budget_minutes=1", "--strategy=multi_worker",
+                  vocab_file=vocab_file)
+    assert proc.returncode == 1 and "train.time_budget_minutes: each worker" in proc.stderr
     assert not (tmp_path / "a" / "checkpoints").exists()
 
 
