@@ -2,8 +2,9 @@
 
 It owns what every run needs besides its step: several steps per tf.function call,
 checkpoints every N steps (and resuming from them), TensorBoard summaries, a progress
-line, a stop on a non-finite loss that keeps the last good checkpoint, and periodic
-evaluation with a copy of the best checkpoint.
+line, a stop on a non-finite loss that keeps the last good checkpoint, periodic
+evaluation with a copy of the best checkpoint, and an optional time budget that ends the
+run and paces the learning-rate decay by the clock.
 """
 
 import dataclasses
@@ -122,7 +123,9 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
     end = min(total_steps, stop_at or total_steps)
     start_step, start_time = int(step.numpy()), time.time()
     metrics, evals, best = {}, [], _best_score(model_dir)
-    spent_before = _read_clock(model_dir) if time_budget and start_step else 0.0
+    spent_before, decay_end = _read_clock(model_dir) if time_budget and start_step else (0.0, None)
+    if retarget and decay_end:
+        retarget(decay_end)  # a resumed run keeps its decay until it has measured its speed
     paced_from = None  # (time, step) after the first call, which includes tracing
 
     def spent() -> float:
@@ -147,7 +150,7 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
 
     out_of_time = bool(time_budget) and spent() >= time_budget
     if out_of_time:
-        log(f"time budget of {time_budget / 60:.1f} min already spent at step {start_step}")
+        log(f"time budget of {time_budget / 60:.2f} min already spent at step {start_step}")
     while int(step.numpy()) < end and not out_of_time:
         now = int(step.numpy())
         # Never run past a checkpoint or evaluation boundary inside one call.
@@ -173,7 +176,8 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
                 paced_from = (time.time(), now)
             elif retarget:  # the steps/s of everything since (saves and evaluations too)
                 speed = (now - paced_from[1]) / max(time.time() - paced_from[0], 1e-9)
-                retarget(min(now + max(left, 0.0) * speed, total_steps))
+                decay_end = min(now + max(left, 0.0) * speed, total_steps)
+                retarget(decay_end)
         rate = examples_per_step * num_steps / max(elapsed, 1e-9)
         metrics.update(learning_rate=learning_rate(), examples_per_second=rate)
         with writer.as_default(step=now):
@@ -191,9 +195,9 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
         if now % checkpoint_every == 0 or now == end or out_of_time:
             manager.save(checkpoint_number=now)
             if time_budget and is_chief:
-                _write_clock(model_dir, now, spent())
+                _write_clock(model_dir, now, spent(), decay_end)
         if out_of_time:
-            log(f"time budget of {time_budget / 60:.1f} min reached at step {now}")
+            log(f"time budget of {time_budget / 60:.2f} min reached at step {now}")
         if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps
                          or out_of_time):
             run_eval(now)
@@ -269,19 +273,23 @@ def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
             f"({old.model} vs {cfg.model}); use a new --model_dir")
 
 
-def _read_clock(model_dir: str) -> float:
-    """Loop seconds spent by earlier (interrupted) parts of this run, as of its last checkpoint."""
+def _read_clock(model_dir: str) -> tuple[float, float | None]:
+    """(loop seconds spent, decay end) of earlier parts of this run, as of its last checkpoint.
+
+    The schedule's end is not in the checkpoint, so a resumed run would otherwise decay
+    toward train.steps until it has measured its own speed."""
     path = os.path.join(model_dir, CLOCK_FILE)
     if not os.path.exists(path):
-        return 0.0
+        return 0.0, None
     with open(path) as f:
-        return float(json.load(f)["seconds"])
+        clock = json.load(f)
+    return float(clock["seconds"]), clock.get("decay_end")
 
 
-def _write_clock(model_dir: str, at: int, seconds: float) -> None:
+def _write_clock(model_dir: str, at: int, seconds: float, decay_end: float | None) -> None:
     path = os.path.join(model_dir, CLOCK_FILE)
     with open(path + ".tmp", "w") as f:
-        json.dump({"step": at, "seconds": round(seconds, 2)}, f)
+        json.dump({"step": at, "seconds": round(seconds, 2), "decay_end": decay_end}, f)
     os.replace(path + ".tmp", path)  # a kill mid-write leaves the previous clock
 
 

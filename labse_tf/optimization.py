@@ -13,7 +13,8 @@ __all__ = ["WarmupDecay", "build_optimizer", "retarget_decay"]
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`, cosine, or constant.
 
-    `retarget` moves the step where the decay ends while training (a run paced by the clock).
+    `retarget` moves the step where the decay ends while training (a run paced by the
+    clock); the end is a variable, read at every step of the compiled loop.
     """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str,

@@ -1,62 +1,84 @@
-"""The outer loop's time budget: it stops on the clock, paces the decay and counts resumes."""
+"""The outer loop's time budget: it stops on the clock, paces the decay and counts resumes.
+
+A fake clock that only the fake training loop advances makes the tests exact."""
 
 import json
 import os
-import time
+import types
 
 import pytest
 import tensorflow as tf
 
+from labse_tf import loop as loop_lib
 from labse_tf.loop import CLOCK_FILE, run_loop
 
 SECONDS_PER_STEP = 0.02
+STEPS_PER_LOOP = 5
 
 
-def _fake_loop(iterator, num_steps):
-    time.sleep(SECONDS_PER_STEP * int(num_steps))
-    return {"loss": tf.constant(1.0)}
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
 
 
-def _run(model_dir, budget, total_steps=10_000):
+def _run(model_dir, budget, monkeypatch, total_steps=10_000, trace_seconds=0.5):
+    clock = _Clock()
+    monkeypatch.setattr(loop_lib, "time", types.SimpleNamespace(time=clock.time))
+    calls = []
+
+    def fake_loop(iterator, num_steps):
+        # The first call of a process also traces the step: slower, as in training.
+        clock.now += SECONDS_PER_STEP * int(num_steps) + (0 if calls else trace_seconds)
+        calls.append(int(num_steps))
+        return {"loss": tf.constant(1.0)}
+
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(step=step)
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest:
         checkpoint.restore(latest)
     ends, lines = [], []
-    result = run_loop(loop=_fake_loop, iterator=None, checkpoint=checkpoint, step=step,
-                      model_dir=str(model_dir), total_steps=total_steps, steps_per_loop=5,
-                      checkpoint_every=1_000, keep_checkpoints=2, examples_per_step=8,
-                      learning_rate=lambda: 0.0, log=lines.append, time_budget=budget,
-                      retarget=ends.append)
+    result = run_loop(loop=fake_loop, iterator=None, checkpoint=checkpoint, step=step,
+                      model_dir=str(model_dir), total_steps=total_steps,
+                      steps_per_loop=STEPS_PER_LOOP, checkpoint_every=1_000, keep_checkpoints=2,
+                      examples_per_step=8, learning_rate=lambda: 0.0, log=lines.append,
+                      time_budget=budget, retarget=ends.append)
     return result, ends, lines
 
 
-def test_time_budget_stops_the_run_and_paces_the_decay(tmp_path):
-    result, ends, lines = _run(tmp_path, budget=1.0)
-    # ~50 steps fit in a second; the run stops there, far before its 10,000 steps.
-    assert 20 <= result.step <= 60, result.step
-    assert result.checkpoint.endswith(f"ckpt-{result.step}")  # the last step is saved
-    assert any(f"time budget of 0.0 min reached at step {result.step}" in l for l in lines)
-    # The decay's end was re-estimated from the measured speed, and it was about right.
-    assert ends and abs(ends[-1] - result.step) <= 5
-    assert all(e <= 10_000 for e in ends)
+def test_time_budget_stops_the_run_and_paces_the_decay(tmp_path, monkeypatch):
+    result, ends, lines = _run(tmp_path, 2.45, monkeypatch)
+    # 0.6 s for the first call (tracing), then 0.1 s per call of 5 steps: the call that
+    # crosses 2.45 s is the 20th, at step 100.
+    assert result.step == 100
+    assert result.checkpoint.endswith("ckpt-100")  # the last step is saved
+    assert "time budget of 0.04 min reached at step 100" in lines
+    # From the second call on, the decay ends where the budget runs out: 10 steps at
+    # 0.7 s, then 50 steps/s for the 1.75 s left.
+    assert len(ends) == 19 and ends[:-1] == pytest.approx([97.5] * 18) and ends[-1] == 100
     clock = json.loads((tmp_path / CLOCK_FILE).read_text())
-    assert clock["step"] == result.step and clock["seconds"] >= 1.0
+    assert clock == {"step": 100, "seconds": 2.5, "decay_end": 100}
 
 
-def test_time_budget_is_counted_over_resumes(tmp_path):
-    first, _, _ = _run(tmp_path, budget=0.5)
+def test_time_budget_is_counted_over_resumes(tmp_path, monkeypatch):
+    first, _, _ = _run(tmp_path, 0.95, monkeypatch)  # 1 s: 5 calls, step 25
+    assert first.step == 25
     # The same budget: already spent, so the resumed run does no step.
-    again, ends, lines = _run(tmp_path, budget=0.5)
-    assert again.step == first.step and not ends
-    assert any("already spent" in l for l in lines)
-    # A larger budget: the resumed run trains for the difference only.
-    more, _, _ = _run(tmp_path, budget=1.0)
-    assert 10 <= more.step - first.step <= 35, (first.step, more.step)
+    again, ends, lines = _run(tmp_path, 0.95, monkeypatch)
+    assert again.step == 25 and ends == [25]  # the saved decay end, restored
+    assert "time budget of 0.02 min already spent at step 25" in lines
+    # A larger budget: the resumed run trains for the difference only (5 calls again);
+    # its decay keeps the saved end until it has measured its own speed (second call:
+    # step 35, 0.25 s left at 50 steps/s).
+    more, ends, _ = _run(tmp_path, 1.95, monkeypatch)
+    assert more.step == 50
+    assert ends[0] == 25 and ends[1] == pytest.approx(47.5) and ends[-1] == 50
 
 
-def test_without_a_budget_the_run_ends_at_its_steps(tmp_path):
-    result, ends, _ = _run(tmp_path, budget=0.0, total_steps=30)
+def test_without_a_budget_the_run_ends_at_its_steps(tmp_path, monkeypatch):
+    result, ends, _ = _run(tmp_path, 0.0, monkeypatch, total_steps=30)
     assert result.step == 30 and not ends
     assert not (tmp_path / CLOCK_FILE).exists()

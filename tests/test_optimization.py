@@ -131,8 +131,8 @@ def _numpy_schedule(step, peak, warmup, end, kind):
 def test_schedule_matches_numpy(kind):
     schedule = WarmupDecay(2e-3, 10, 110, kind)
     for step in (0, 5, 9, 10, 40, 109, 110, 500):
-        np.testing.assert_allclose(float(schedule(step)), _numpy_schedule(step, 2e-3, 10, 110, kind),
-                                   rtol=1e-5, atol=1e-8)
+        expected = _numpy_schedule(step, 2e-3, 10, 110, kind)
+        np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -144,5 +144,5 @@ def test_retarget_moves_the_end_of_the_decay(precision):
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     for step in (10, 35, 60, 80):
         inner.iterations.assign(step)
-        np.testing.assert_allclose(float(inner.learning_rate), _numpy_schedule(step, 1e-3, 10, 60, "linear"),
-                                   rtol=1e-5, atol=1e-8)
+        expected = _numpy_schedule(step, 1e-3, 10, 60, "linear")
+        np.testing.assert_allclose(float(inner.learning_rate), expected, rtol=1e-5, atol=1e-8)
