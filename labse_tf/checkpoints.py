@@ -18,11 +18,12 @@ from labse_tf import config as config_lib
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "find_checkpoint", "load_run", "vocab_path",
-           "write_run", "write_summary"]
+__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "CLOCK_FILE", "find_checkpoint", "load_run",
+           "vocab_path", "write_run", "write_summary"]
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+CLOCK_FILE = "clock.json"  # loop seconds spent and decay end, for a time budget
 
 
 def vocab_path(model_dir: str) -> str:

@@ -21,14 +21,13 @@ import tensorflow as tf
 from absl import flags
 
 from labse_tf import checkpoints, config as config_lib, data, distribute, vocab
-from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR
+from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR, CLOCK_FILE
 from labse_tf.preprocessing import Preprocessor
 
 __all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "define_run_flags", "prepare_run",
            "run_loop"]
 
 DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
-CLOCK_FILE = "clock.json"  # loop seconds spent, for a time budget across resumes
 
 
 class NonFiniteLossError(RuntimeError):

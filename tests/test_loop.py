@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import loop as loop_lib
-from labse_tf.loop import CLOCK_FILE, run_loop
+from labse_tf.checkpoints import CLOCK_FILE
+from labse_tf.loop import run_loop
 
 SECONDS_PER_STEP = 0.02
 STEPS_PER_LOOP = 5
