@@ -1,41 +1,46 @@
 """The layout of a run directory, and loading a trained encoder back from it.
 
     MODEL_DIR/config.yaml      resolved config, written before step 0
+    MODEL_DIR/manifest.json    the corpus manifest: files, pairs per file and language
     MODEL_DIR/vocab.txt        the vocabulary the run tokenized with
     MODEL_DIR/checkpoints/     tf.train.CheckpointManager checkpoints (ckpt-<step>)
-    MODEL_DIR/best/            the checkpoint with the best evaluation score, if evaluated
+    MODEL_DIR/best/            the checkpoint with the best evaluation score, if evaluated,
+                               and its score.json
+    MODEL_DIR/clock.json       with a time budget: loop seconds spent and the decay end
     MODEL_DIR/summaries/       TensorBoard event files
     MODEL_DIR/summary.json     what the run made and measured, written at the end
-"""
 
-import json
-import os
+MODEL_DIR may be any URL `tf.io.gfile` reaches (gs://...); only the chief writes it.
+"""
 
 import keras
 import tensorflow as tf
 
-from labse_tf import config as config_lib
+from labse_tf import config as config_lib, files
+from labse_tf.corpus import MANIFEST_FILE
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["CHECKPOINT_DIR", "BEST_DIR", "CLOCK_FILE", "find_checkpoint", "load_run",
+__all__ = ["BEST_DIR", "CHECKPOINT_DIR", "CLOCK_FILE", "CONFIG_FILE", "MANIFEST_FILE",
+           "SCORE_FILE", "SUMMARIES_DIR", "SUMMARY_FILE", "find_checkpoint", "load_run",
            "vocab_path", "write_run", "write_summary"]
 
+CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+SCORE_FILE = "score.json"  # in BEST_DIR: the step and score of the best checkpoint
 CLOCK_FILE = "clock.json"  # loop seconds spent and decay end, for a time budget
+SUMMARIES_DIR = "summaries"
+SUMMARY_FILE = "summary.json"
 
 
 def vocab_path(model_dir: str) -> str:
-    return os.path.join(model_dir, "vocab.txt")
+    return files.join(model_dir, "vocab.txt")
 
 
 def write_summary(summary: dict, model_dir: str) -> str:
     """Writes what a command made and measured as MODEL_DIR/summary.json; returns the path."""
-    path = os.path.join(model_dir, "summary.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, ensure_ascii=False)
-    return path
+    return files.write_json(files.join(model_dir, SUMMARY_FILE), summary)
 
 
 def find_checkpoint(model_dir: str, checkpoint: str = "") -> str:
@@ -44,7 +49,7 @@ def find_checkpoint(model_dir: str, checkpoint: str = "") -> str:
         if not tf.io.gfile.glob(checkpoint + ".index"):
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint (no {checkpoint}.index)")
         return checkpoint
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    latest = tf.train.latest_checkpoint(files.join(model_dir, CHECKPOINT_DIR))
     if not latest:
         raise FileNotFoundError(f"{model_dir}: no checkpoint in {CHECKPOINT_DIR}/ "
                                 "(is this a labse_tf training run directory?)")
@@ -58,8 +63,8 @@ def load_run(model_dir: str, checkpoint: str = "", seq_length: int | None = None
     Returns:
       (config, preprocessor, encoder in fp32, checkpoint path).
     """
-    config_file = os.path.join(model_dir, "config.yaml")
-    if not os.path.exists(config_file):
+    config_file = files.join(model_dir, CONFIG_FILE)
+    if not files.exists(config_file):
         raise FileNotFoundError(f"{model_dir}: no config.yaml (not a labse_tf run directory)")
     cfg = config_lib.load_config(config_file)
     path = find_checkpoint(model_dir, checkpoint)
@@ -86,15 +91,13 @@ def write_run(cfg: config_lib.Config, vocab_tokens, encoder: keras.Model, model_
     Returns:
       The checkpoint path written.
     """
-    for name in ("config.yaml", CHECKPOINT_DIR):
-        if os.path.exists(os.path.join(model_dir, name)):
+    for name in (CONFIG_FILE, CHECKPOINT_DIR):
+        if files.exists(files.join(model_dir, name)):
             raise FileExistsError(f"{model_dir}: already holds {name}; choose a new directory")
-    os.makedirs(model_dir, exist_ok=True)
-    with open(vocab_path(model_dir), "w", encoding="utf-8") as f:
-        f.writelines(token + "\n" for token in vocab_tokens)
+    files.write_text(vocab_path(model_dir), "".join(token + "\n" for token in vocab_tokens))
     cfg = config_lib.override(cfg, [f"model.vocab_size={len(vocab_tokens)}",
-                                    f"data.vocab_file={os.path.abspath(vocab_path(model_dir))}"])
+                                    f"data.vocab_file={files.absolute(vocab_path(model_dir))}"])
     config_lib.write_config(cfg, model_dir)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
-                                         os.path.join(model_dir, CHECKPOINT_DIR), max_to_keep=1)
+                                         files.join(model_dir, CHECKPOINT_DIR), max_to_keep=1)
     return manager.save(checkpoint_number=0)

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from labse_tf import files
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -84,6 +86,9 @@ class DataConfig:
     language_group: int = 1
     # Malformed input lines reported with file:line before the rest are only counted.
     report_malformed: int = 5
+    # Pairs of one language shuffled together as the stream reads them (memory: about
+    # this many pairs per language per input pipeline; resuming rereads at most this many).
+    shuffle_window: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +264,7 @@ def _validate(cfg: Config) -> Config:
         ("train.steps", cfg.train.steps >= 1, "must be >= 1"),
         ("train.time_budget_minutes", cfg.train.time_budget_minutes >= 0, "must be >= 0"),
         ("train.global_batch_size", cfg.train.global_batch_size >= 2, "must be >= 2"),
+        ("data.shuffle_window", cfg.data.shuffle_window >= 1, "must be >= 1"),
         ("train.learning_rate", cfg.train.learning_rate > 0, "must be > 0"),
         ("train.precision", cfg.train.precision in PRECISIONS, f"must be one of {PRECISIONS}"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be >= 1"),
@@ -299,8 +305,8 @@ def override(cfg: Config, assignments: Sequence[str] = (), updates: Mapping | No
 
 
 def resolve_path(path: str) -> str:
-    """Finds a config file as given, or by name in the shipped configs/ folder."""
-    if os.path.exists(path):
+    """Finds a config file as given (any filesystem), or by name in the shipped configs/."""
+    if files.exists(path) and not files.isdir(path):
         return path
     for candidate in (os.path.join(CONFIG_DIR, path), os.path.join(CONFIG_DIR, path + ".yaml")):
         if os.path.exists(candidate):
@@ -313,11 +319,10 @@ def load_config(path: str = "", assignments: Sequence[str] = ()) -> Config:
     updates = {}
     if path:
         path = resolve_path(path)
-        with open(path, encoding="utf-8") as f:
-            try:
-                updates = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        try:
+            updates = yaml.safe_load(files.read_text(path)) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
         try:
             return override(Config(), assignments, updates)
         except ConfigError as e:
@@ -332,10 +337,5 @@ def to_dict(cfg: Config) -> dict:
 
 def write_config(cfg: Config, directory: str) -> str:
     """Writes the resolved config as `config.yaml` in `directory`; returns the path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "config.yaml")
-    tmp = f"{path}.{os.getpid()}.tmp"  # processes of one multi-worker run may race here
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
-    return path
+    return files.write_text(files.join(directory, "config.yaml"),
+                            yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

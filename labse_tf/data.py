@@ -1,63 +1,78 @@
-"""Translation pairs: reading and checking files, language-smoothed sampling, tf.data.
+"""Translation pairs as tf.data streams that never hold the corpus: mixing, sharding, resume.
 
-Pairs are read once into memory, grouped by language, with every malformed line skipped,
-counted and (the first few) reported as `file:line`. Training batches are then drawn with
-replacement, language first (p(lang) ∝ n_lang^alpha, LaBSE's smoothing so that small
-languages are seen), then a pair uniformly within it. The draw for step `s` depends only on
-`(seed, pipeline, s)`, so a resumed run continues the exact data stream it left.
+Training reads its files as it goes (any filesystem `tf.io.gfile` reaches), from the
+counts of a corpus manifest (corpus.py) computed by one pass before training. Each
+input pipeline reads its share of every language: whole files where a language has
+files enough to give every pipeline some (balanced by pair count), else every
+`num_pipelines`-th pair of each of its files. A language with fewer pairs than there
+are pipelines is read whole by every pipeline.
+
+The stream for a pipeline is a pure function of (seed, pipeline, step), so a resumed
+run continues exactly the batches it would have seen, on any strategy and any number
+of workers, with no iterator state in the checkpoint:
+- each slot of a batch gets a language drawn with p(lang) ∝ n_lang^alpha (LaBSE's
+  smoothing), from stateless uniforms keyed on (seed, chunk of steps), so the number
+  of pairs each language gave before step s is recomputed on resume in chunks;
+- each language is an endless sequence of epochs; an epoch visits that pipeline's files
+  of the language in an order drawn per epoch, and shuffles its pairs within windows of
+  `window` pairs (a permutation drawn per window). The k-th pair a language gives is
+  thus addressable: resuming skips whole files by their manifest counts, then at most
+  one file's pairs, never the corpus. Every pair of a language comes once per epoch, of
+  any size (int64 throughout).
+Memory is a window per language plus the prefetched batches, whatever the corpus size.
 """
 
-import collections
 import dataclasses
-import glob
-import gzip
 import os
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from labse_tf import corpus
+from labse_tf.corpus import DataError, Manifest
 from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = [
     "DataError",
+    "LanguageShard",
+    "Masking",
     "Pairs",
-    "ReadStats",
-    "expand_paths",
+    "Sampling",
+    "consumed_pairs",
+    "language_shards",
+    "language_stream",
     "language_weights",
+    "load_manifest",
     "masked_lm_dataset",
     "pair_dataset",
     "pair_strings",
     "read_pairs",
     "sample_corpus_path",
-    "text_dataset",
+    "spread_pairs",
     "write_tfrecord",
 ]
 
-_TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
+# Lines parsed per call in a training stream (one stream per language is open at a time).
+STREAM_PARSE_BATCH = 256
 
 
-class DataError(ValueError):
-    """Input data cannot be used: missing files, or nothing valid in them."""
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a pipeline draws pairs: the knobs of `pair_strings` besides its position."""
 
-
-@dataclasses.dataclass
-class ReadStats:
-    """What reading found: valid pairs per language and malformed lines."""
-
-    pairs: dict = dataclasses.field(default_factory=collections.Counter)
-    malformed: int = 0
-    examples: list = dataclasses.field(default_factory=list)  # "file:line: why" strings
-
-    def summary(self) -> dict:
-        return {"pairs": int(sum(self.pairs.values())), "languages": len(self.pairs),
-                "malformed_lines": self.malformed, "malformed_examples": list(self.examples)}
+    alpha: float             # language smoothing exponent: p(lang) ∝ n^alpha
+    seed: int                # seed of the whole stream (combined with the pipeline id)
+    language_group: int = 1  # consecutive pairs drawn from one language
+    window: int = 1024       # pairs shuffled together within a language
 
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
-    """Translation pairs grouped by language, in first-seen order within each language."""
+    """Translation pairs grouped by language, in first-seen order within each language.
+
+    For small sets read whole (evaluation pairs); training streams instead."""
 
     langs: tuple        # language codes, sorted
     src: tuple          # per language, a tuple of source sentences
@@ -75,143 +90,42 @@ class Pairs:
             tgt += t
         return langs, src, tgt
 
-    def shard(self, num_shards: int, index: int) -> "Pairs":
-        """Every `num_shards`-th pair of each language; languages left empty are dropped."""
-        kept = [(l, s[index::num_shards], t[index::num_shards])
-                for l, s, t in zip(self.langs, self.src, self.tgt) if len(s) > index]
-        return Pairs(*map(tuple, zip(*kept))) if kept else Pairs((), (), ())
-
 
 def sample_corpus_path(split: str = "train") -> str:
     """Path of the sample corpus shipped with the package (`train` or `heldout`)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data", f"{split}.tsv")
 
 
-def expand_paths(patterns: Iterable[str]) -> list[str]:
-    """Expands paths and globs; a path that does not exist or a glob with no match is an error."""
-    paths = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise DataError(f"{pattern}: the pattern matches no file")
-        for path in matches:
-            if not os.path.isfile(path):
-                raise DataError(f"{path}: no such file")
-        paths += matches
-    if not paths:
-        raise DataError("no input files given")
-    return paths
-
-
-def _file_language(path: str) -> str:
-    """Language of a file without a language column: its name up to the first dot."""
-    return os.path.basename(path).split(".")[0]
-
-
-def _tsv_records(path: str) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            yield number, line.rstrip(b"\r\n")
-
-
-def _parse_tsv_line(raw: bytes, default_lang: str) -> tuple[str, str, str]:
-    """(lang, src, tgt) from one line; raises ValueError saying what is wrong."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
-    fields = line.split("\t")
-    if len(fields) == 2:
-        lang, src, tgt = default_lang, *fields
-    elif len(fields) == 3:
-        lang, src, tgt = fields
-    else:
-        raise ValueError(f"expected 2 or 3 tab-separated fields, got {len(fields)}")
-    lang, src, tgt = lang.strip(), src.strip(), tgt.strip()
-    for name, value in (("language", lang), ("source", src), ("target", tgt)):
-        if not value:
-            raise ValueError(f"empty {name} field")
-    return lang, src, tgt
-
-
-def _tfrecord_records(path: str) -> Iterator[tuple[int, bytes]]:
-    for number, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), 1):
-        yield number, record
-
-
-def _parse_example(record: bytes, default_lang: str) -> tuple[str, str, str]:
-    example = tf.train.Example.FromString(record)
-    features = example.features.feature
-
-    def text(key: str, required: bool) -> str:
-        if key not in features:
-            if required:
-                raise ValueError(f"missing feature {key!r}")
-            return default_lang
-        values = features[key].bytes_list.value
-        if len(values) != 1:
-            raise ValueError(f"feature {key!r} must hold one string, got {len(values)}")
-        try:
-            value = values[0].decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"feature {key!r}: invalid UTF-8 at byte {e.start}") from None
-        if not value:
-            raise ValueError(f"feature {key!r} is empty")
-        return value
-
-    return text("lang", False), text("src_raw", True), text("tgt_raw", True)
+def load_manifest(patterns: Iterable[str], *, report: int = 5,
+                  log: Callable[[str], None] = print) -> Manifest:
+    """The manifest of a corpus given as files/globs (counted now) or as a prepared one."""
+    paths, manifest = corpus.resolve_inputs(patterns)
+    if manifest is None:
+        log(f"counting pairs in {len(paths)} file(s) ...")
+        manifest = corpus.build_manifest(paths, report=report, log=log)
+    return manifest
 
 
 def read_pairs(patterns: Iterable[str], *, report: int = 5,
-               log: Callable[[str], None] = print) -> tuple[Pairs, ReadStats]:
-    """Reads translation pairs from TSV (plain or .gz) and TFRecord files.
+               log: Callable[[str], None] = print) -> tuple[Pairs, Manifest]:
+    """Reads a small corpus whole (evaluation sets, vocabulary pruning corpora).
 
-    TSV lines are `src<TAB>tgt` (the language is the file name up to its first dot) or
-    `lang<TAB>src<TAB>tgt`. TFRecord files hold tf.train.Example records with string
-    features `src_raw`, `tgt_raw` and optionally `lang`. Malformed lines or records are
-    skipped and counted; the first `report` are logged as `file:line: why`.
-
-    Args:
-      patterns: paths or globs.
-      report: int. Malformed lines logged individually.
-      log: callable. Where reports go.
+    Lines are validated as training validates them (corpus.parse_lines); malformed
+    ones are skipped and counted, the first `report` logged as `file:line: why`.
 
     Returns:
-      (pairs, stats).
+      (pairs, manifest of the files read).
 
     Raises:
       DataError: a path is missing, a glob matches nothing, or no valid pair was found.
     """
-    grouped = collections.defaultdict(lambda: ([], []))
-    stats = ReadStats()
-    for path in expand_paths(patterns):
-        is_tfrecord = path.endswith(_TFRECORD_SUFFIXES)
-        records = _tfrecord_records(path) if is_tfrecord else _tsv_records(path)
-        parse = _parse_example if is_tfrecord else _parse_tsv_line
-        default_lang = _file_language(path)
-        for number, raw in records:
-            if not is_tfrecord and not raw.strip():
-                continue  # blank lines carry nothing
-            try:
-                lang, src, tgt = parse(raw, default_lang)
-            except ValueError as e:
-                stats.malformed += 1
-                if len(stats.examples) < report:
-                    message = f"{path}:{number}: skipped malformed {'record' if is_tfrecord else 'line'}: {e}"
-                    stats.examples.append(message)
-                    log(message)
-                continue
-            grouped[lang][0].append(src)
-            grouped[lang][1].append(tgt)
-            stats.pairs[lang] += 1
-    if stats.malformed > len(stats.examples):
-        log(f"... {stats.malformed} malformed lines skipped in all")
-    if not grouped:
-        raise DataError(f"no valid translation pair in {list(patterns)}")
-    langs = tuple(sorted(grouped))
-    return Pairs(langs, tuple(tuple(grouped[l][0]) for l in langs),
-                 tuple(tuple(grouped[l][1]) for l in langs)), stats
+    manifest = load_manifest(patterns, report=report, log=log)
+    grouped = [([], []) for _ in manifest.langs]
+    for pair in spread_pairs(manifest).as_numpy_iterator():
+        grouped[pair["lang"]][0].append(pair["src"].decode("utf-8"))
+        grouped[pair["lang"]][1].append(pair["tgt"].decode("utf-8"))
+    return Pairs(manifest.langs, tuple(tuple(g[0]) for g in grouped),
+                 tuple(tuple(g[1]) for g in grouped)), manifest
 
 
 def language_weights(counts: Sequence[int], alpha: float) -> np.ndarray:
@@ -223,26 +137,310 @@ def language_weights(counts: Sequence[int], alpha: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, alpha: float,
-                 seed: int, start_step: int = 0, seq_length: int | None = None,
-                 trim: bool = True, language_group: int = 1) -> tf.data.Dataset:
-    """An endless dataset of tokenized batches of translation pairs.
+@dataclasses.dataclass(frozen=True)
+class LanguageShard:
+    """What one input pipeline reads of one language: files, and pairs in each."""
+
+    lang: str
+    paths: tuple
+    counts: tuple       # pairs of `lang` this pipeline takes from each file
+    stride: int = 1     # take every stride-th pair of the language in each file ...
+    offset: int = 0     # ... starting at this one
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def language_shards(manifest: Manifest, num_pipelines: int, pipeline: int) -> dict:
+    """Per language, the `LanguageShard` that input pipeline `pipeline` reads.
+
+    Whole files when the language's files can give every pipeline some pairs: assigned
+    largest first to the pipeline with the fewest pairs so far, which balances them.
+    Otherwise every pipeline reads every file of the language and takes every
+    `num_pipelines`-th pair; a language with fewer pairs than pipelines is read whole by
+    each (its pairs then repeat across pipelines).
+    """
+    shards = {}
+    for lang in manifest.langs:
+        held = [(f.path, f.pairs[lang]) for f in manifest.files if f.pairs.get(lang)]
+        total = sum(n for _, n in held)
+        load, assigned = [0] * num_pipelines, [[] for _ in range(num_pipelines)]
+        for index in sorted(range(len(held)), key=lambda i: (-held[i][1], i)):
+            target = min(range(num_pipelines), key=lambda p: (load[p], p))
+            load[target] += held[index][1]
+            assigned[target].append(index)
+        if min(load) > 0:
+            mine = sorted(assigned[pipeline])
+            shards[lang] = LanguageShard(lang, tuple(held[i][0] for i in mine),
+                                         tuple(held[i][1] for i in mine))
+        elif total >= num_pipelines:
+            counts = tuple(max(0, -(-(n - pipeline) // num_pipelines)) for _, n in held)
+            shards[lang] = LanguageShard(lang, tuple(p for p, _ in held), counts,
+                                         num_pipelines, pipeline)
+        else:
+            shards[lang] = LanguageShard(lang, tuple(p for p, _ in held),
+                                         tuple(n for _, n in held))
+    return shards
+
+
+def _file_pairs(path, kind, default_lang, lang, stride, offset) -> tf.data.Dataset:
+    """The valid pairs of `lang` in one file, in order, every stride-th from `offset`."""
+
+    @tf.autograph.experimental.do_not_convert
+    def valid(batch):
+        keep = tf.logical_and(tf.equal(batch["error"], ""), tf.logical_not(batch["blank"]))
+        keep = tf.logical_and(keep, tf.equal(batch["lang"], lang))
+        return {k: tf.boolean_mask(batch[k], keep) for k in ("src", "tgt")}
+
+    pairs = corpus.parsed_file(path, kind, default_lang, batch=STREAM_PARSE_BATCH,
+                               parallel=False).map(valid).unbatch()
+    return pairs.shard(stride, offset)
+
+
+def _permutation(n, seed) -> tf.Tensor:
+    return tf.argsort(tf.random.stateless_uniform(tf.reshape(n, [1]), seed=seed))
+
+
+def epoch_reads(counts: tf.Tensor, offset: tf.Tensor, window) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where an epoch resumed at pair `offset` starts reading (int64 throughout).
 
     Args:
-      pairs: Pairs. The pairs this input pipeline draws from (already sharded).
+      counts: int64 `[files]`. Pairs per file, in this epoch's file order.
+      offset: int64 scalar. Pairs of the epoch already consumed.
+      window: int64 scalar. The shuffle window.
+
+    Returns:
+      (skip `[files]`: pairs to skip at the start of each file (== its count: not opened),
+      drop: pairs to drop after shuffling the first window read). Reading restarts at the
+      window boundary at or before `offset`, so its shuffle is the one the uninterrupted
+      stream had.
+    """
+    begin = offset // window * window
+    skip = tf.clip_by_value(begin - tf.cumsum(counts, exclusive=True), 0, counts)
+    return skip, offset - begin
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardTable:
+    """Every language's shard as flat tensors, so one traced graph serves all languages."""
+
+    langs: tf.Tensor      # string [L]
+    splits: tf.Tensor     # int64 [L + 1]: language l's files are [splits[l], splits[l+1])
+    paths: tf.Tensor      # string [F]
+    kinds: tf.Tensor      # string [F]
+    defaults: tf.Tensor   # string [F]: the language of 2-column lines
+    counts: tf.Tensor     # int64 [F]: pairs this pipeline takes of the language there
+    strides: tf.Tensor    # int64 [L]
+    offsets: tf.Tensor    # int64 [L]
+
+    @classmethod
+    def build(cls, shards: Sequence[LanguageShard]) -> "_ShardTable":
+        paths = [p for s in shards for p in s.paths]
+        table = corpus.file_table(paths)
+        return cls(tf.constant([s.lang for s in shards]),
+                   tf.constant(np.cumsum([0] + [len(s.paths) for s in shards]), tf.int64),
+                   *table, tf.constant([c for s in shards for c in s.counts], tf.int64),
+                   tf.constant([s.stride for s in shards], tf.int64),
+                   tf.constant([s.offset for s in shards], tf.int64))
+
+
+def _language_pairs(table: _ShardTable, lang) -> tf.data.Dataset:
+    """One pass over language `lang`'s pairs in file order, unshuffled."""
+    lo, hi = table.splits[lang], table.splits[lang + 1]
+    name, stride, offset = table.langs[lang], table.strides[lang], table.offsets[lang]
+    return tf.data.Dataset.from_tensor_slices(
+        (table.paths[lo:hi], table.kinds[lo:hi], table.defaults[lo:hi])).flat_map(
+        lambda p, k, d: _file_pairs(p, k, d, name, stride, offset))
+
+
+def spread_pairs(manifest: Manifest, take: Sequence[int] | None = None,
+                 seed: int = 0) -> tf.data.Dataset:
+    """Pairs of every language in one pass, in file order: all of them, or `take[l]` of
+    language l spread evenly over it (every (n_l // take[l])-th, from an offset the seed
+    picks). One traced graph for all languages.
+
+    Returns:
+      tf.data.Dataset of `{"lang": int64 index into manifest.langs, "src", "tgt"}`.
+    """
+    counts = np.array(list(manifest.counts().values()), np.int64)
+    take = counts if take is None else np.minimum(np.asarray(take, np.int64), counts)
+    strides = np.maximum(1, counts // np.maximum(take, 1))
+    shards = language_shards(manifest, 1, 0)
+    table = _ShardTable.build([shards[lang] for lang in manifest.langs])
+    strides_t, take_t = tf.constant(strides), tf.constant(take)
+    offsets_t = tf.constant(seed % strides)
+
+    def one(lang):
+        return (_language_pairs(table, lang).shard(strides_t[lang], offsets_t[lang])
+                .take(take_t[lang]).map(lambda p: {"lang": lang, **p}))
+
+    return tf.data.Dataset.range(len(counts)).filter(lambda l: take_t[l] > 0).flat_map(one)
+
+
+def _language_stream(table: _ShardTable, lang, key, start, window) -> tf.data.Dataset:
+    """Language `lang`'s endless shuffled pairs from its `start`-th on (see module doc)."""
+    lo, hi = table.splits[lang], table.splits[lang + 1]
+    paths, kinds, defaults, counts = (x[lo:hi] for x in (table.paths, table.kinds,
+                                                        table.defaults, table.counts))
+    name, stride, offset = table.langs[lang], table.strides[lang], table.offsets[lang]
+    total = tf.reduce_sum(counts)
+    window = tf.minimum(tf.cast(window, tf.int64), total)
+    first_epoch, first_offset = start // total, start % total
+
+    @tf.autograph.experimental.do_not_convert
+    def epoch_pairs(epoch):
+        epoch_key = tf.random.experimental.stateless_fold_in(key, epoch)
+        order = _permutation(hi - lo, epoch_key)
+        ordered = tf.gather(counts, order)
+        resume = tf.where(tf.equal(epoch, first_epoch), first_offset, tf.constant(0, tf.int64))
+        skip, drop = epoch_reads(ordered, resume, window)
+        read = skip < ordered
+        files = tuple(tf.boolean_mask(tf.gather(x, order), read) for x in (paths, kinds, defaults))
+        pairs = tf.data.Dataset.from_tensor_slices((*files, tf.boolean_mask(skip, read))).flat_map(
+            lambda p, k, d, s: _file_pairs(p, k, d, name, stride, offset).skip(s))
+
+        def shuffle(index, batch):
+            perm = _permutation(tf.size(batch["src"]),
+                                tf.random.experimental.stateless_fold_in(epoch_key, index))
+            return {k: tf.gather(v, perm) for k, v in batch.items()}
+
+        return (pairs.batch(window).enumerate(start=resume // window).map(shuffle).unbatch()
+                .skip(drop))
+
+    return tf.data.Dataset.counter(first_epoch).flat_map(epoch_pairs)
+
+
+def language_stream(shard: LanguageShard, *, seed, start: int = 0,
+                    window: int = 1024) -> tf.data.Dataset:
+    """The endless, shuffled pairs of one language shard from its `start`-th pair on.
+
+    Args:
+      shard: LanguageShard. Must hold at least one pair.
+      seed: int64 `[2]`. Key of this language's stream.
+      start: int. Pairs of this stream already consumed (any size: int64).
+      window: int. Pairs shuffled together (the last window of an epoch may be shorter).
+
+    Returns:
+      tf.data.Dataset of `{"src": tf.string, "tgt": tf.string}` scalars.
+    """
+    return _language_stream(_ShardTable.build([shard]), tf.constant(0, tf.int64),
+                            tf.cast(seed, tf.int64), tf.constant(start, tf.int64), window)
+
+
+def mixing_rates(counts: Sequence[int], alpha: float) -> np.ndarray:
+    """Groups each language gives per round of the mix: q ∝ n^alpha, the largest 1."""
+    p = language_weights(counts, alpha)
+    return p / p.max()
+
+
+def consumed_groups(rates: np.ndarray, phases: np.ndarray, rounds) -> np.ndarray:
+    """Groups each language gave in its first `rounds` rounds: floor(r q + φ) (error
+    diffusion: within one group of r q at every round). The pipeline's graph uses the
+    same float64 expression, so host and graph agree exactly."""
+    return np.floor(np.float64(rounds) * rates + phases).astype(np.int64)
+
+
+def _chunk_rounds(rates: np.ndarray) -> int:
+    """Rounds per chunk: enough that every language gives at least one group in each."""
+    return int(np.ceil(1.0 / rates.min()))
+
+
+def _first_chunk(rates: np.ndarray, phases: np.ndarray, rounds: int, groups: int) -> int:
+    """The last chunk whose start holds at most `groups` groups in all (binary search)."""
+    total = lambda c: int(consumed_groups(rates, phases, c * rounds).sum())
+    lo, hi = 0, 1
+    while total(hi) <= groups:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(mid) <= groups else (lo, mid)
+    return lo
+
+
+def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
+                 start_step: int = 0, num_pipelines: int = 1,
+                 pipeline: int = 0) -> tf.data.Dataset:
+    """Batches of raw pairs for one input pipeline: `{"src": [batch_size], "tgt": ...}`.
+
+    Languages are mixed by error diffusion: after r rounds language l has given
+    floor(r q_l + φ_l) groups of `sampling.language_group` consecutive pairs, with
+    q_l ∝ n_l^alpha (the largest 1) and a phase φ_l drawn from the seed, so every
+    stretch of the stream holds each language's share to within one group. Rounds
+    are taken in chunks in which every language gives at least one group; a chunk's
+    groups are shuffled together and then batched. The stream is a pure function of
+    the seed, the pipeline and the step; see the module docstring.
+    """
+    group = sampling.language_group
+    if batch_size % group:
+        raise ValueError(f"the batch size {batch_size} is not a multiple of the language group "
+                         f"size {group}")
+    if not 0 <= pipeline < num_pipelines:
+        raise ValueError(f"pipeline {pipeline} is not in [0, {num_pipelines})")
+    shards = language_shards(manifest, num_pipelines, pipeline)
+    table = _ShardTable.build([shards[lang] for lang in manifest.langs])
+    rates = mixing_rates(list(manifest.counts().values()), sampling.alpha)
+    key = tf.constant([sampling.seed, pipeline], tf.int64)
+    fold = tf.random.experimental.stateless_fold_in
+    phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, -1), dtype=tf.float64).numpy()
+    rounds = _chunk_rounds(rates)
+    first = start_step * (batch_size // group)  # groups before this step
+    first_chunk = _first_chunk(rates, phases, rounds, first)
+    used = consumed_groups(rates, phases, first_chunk * rounds)
+    rates_t, phases_t, used_t = (tf.constant(x) for x in (rates, phases, used))
+    lang_keys = tf.stack([fold(key, i) for i in range(len(rates))])
+
+    @tf.autograph.experimental.do_not_convert
+    def chunks(lang):
+        """Language `lang`'s groups, one batch per chunk (sized by the chunk's share)."""
+        q, phi = rates_t[lang], phases_t[lang]
+        given = lambda c: tf.cast(tf.floor(tf.cast(c * rounds, tf.float64) * q + phi), tf.int64)
+
+        def chunk_of(index, _):
+            k = used_t[lang] + index  # this group's index in the language's stream
+            c = tf.cast(tf.floor((tf.cast(k, tf.float64) + 1 - phi) / (q * rounds)), tf.int64)
+            c = tf.where(given(c) > k, c - 1, c)  # float rounding at the boundaries
+            return tf.where(given(c + 1) <= k, c + 1, c)
+
+        groups = (_language_stream(table, lang, lang_keys[lang], used_t[lang] * group,
+                                   sampling.window)
+                  .batch(group, drop_remainder=True).enumerate())
+        return groups.group_by_window(
+            chunk_of, lambda c, window: window.map(lambda i, g: g).batch(given(c + 1) - given(c)),
+            window_size_func=lambda c: given(c + 1) - given(c))
+
+    def shuffle(index, batch):
+        merged = {k: v.merge_dims(0, 1) for k, v in batch.items()}  # [groups, group]
+        perm = _permutation(tf.shape(merged["src"])[0], fold(fold(key, -2), index))
+        return {k: tf.gather(v, perm) for k, v in merged.items()}
+
+    return (tf.data.Dataset.range(len(rates))
+            .interleave(chunks, cycle_length=len(rates), block_length=1,
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .ragged_batch(len(rates))  # one chunk: every language's batch of groups
+            .enumerate(start=first_chunk).map(shuffle).unbatch()
+            .skip(first - int(used.sum()))
+            .unbatch().batch(batch_size, drop_remainder=True))
+
+
+def pair_dataset(manifest: Manifest, preprocessor: Preprocessor, *, batch_size: int,
+                 sampling: Sampling, start_step: int = 0, num_pipelines: int = 1,
+                 pipeline: int = 0, seq_length: int | None = None,
+                 trim: bool = True) -> tf.data.Dataset:
+    """An endless dataset of tokenized batches of translation pairs for one pipeline.
+
+    Args:
+      manifest: Manifest. The corpus.
       preprocessor: Preprocessor. Tokenizes and packs both sides.
       batch_size: int. Pairs per batch (per replica under a strategy).
-      alpha: float. Language smoothing exponent.
-      seed: int. Seed of the draw; combine with the pipeline id under multi-worker.
+      sampling: Sampling. Language smoothing, seed, language groups, shuffle window.
       start_step: int. Index of the first batch, so a resumed run continues its stream.
+      num_pipelines, pipeline: int. Input pipelines in all, and this one's id.
       seq_length: int or None. Packed length; default the preprocessor's.
-      trim: bool. Cut each batch (both sides alike) to its longest sentence. Besides
-        skipping padding, this leaves the sequence length unknown to the graph, which keeps
-        Keras's EinsumDense projections on a fast path (with a static length they become a
-        broadcasting BatchMatMul, ~1.6x slower to train on CPU: bench/README.md). False
-        keeps the static `seq_length` that XLA (TPUs, train.jit_compile) compiles once and
-        that multi-worker collectives need (distribute.needs_static_shapes).
-      language_group: int. Consecutive pairs drawn from one language (see `pair_strings`).
+      trim: bool. Cut each batch (both sides alike) to its longest sentence, skipping
+        padding; False keeps the static `seq_length` that XLA (TPUs, train.jit_compile)
+        compiles once and that multi-worker collectives need
+        (distribute.needs_static_shapes).
 
     Returns:
       tf.data.Dataset of `{"src": packed, "tgt": packed}`, each packed a dict of int32
@@ -259,19 +457,9 @@ def pair_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int, a
         return {"src": _static_batch(src, batch_size, length),
                 "tgt": _static_batch(tgt, batch_size, length)}
 
-    return (pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed,
-                         start_step=start_step, language_group=language_group)
+    return (pair_strings(manifest, batch_size=batch_size, sampling=sampling,
+                         start_step=start_step, num_pipelines=num_pipelines, pipeline=pipeline)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
-
-
-def text_dataset(sentences: Sequence[str], preprocessor: Preprocessor, *, batch_size: int,
-                 seq_length: int | None = None) -> tf.data.Dataset:
-    """Sentences in order, tokenized in batches (the last one may be short), for embedding."""
-    return (tf.data.Dataset.from_tensor_slices(tf.constant(list(sentences), tf.string))
-            .batch(batch_size)
-            .map(lambda s: preprocessor(s, seq_length), num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -291,42 +479,21 @@ def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
                 features=tf.train.Features(feature=feature)).SerializeToString())
 
 
-def pair_strings(pairs: Pairs, *, batch_size: int, alpha: float, seed: int,
-                 start_step: int = 0, language_group: int = 1) -> tf.data.Dataset:
-    """The draws of `pair_dataset` as strings: `{"src": [batch_size], "tgt": [batch_size]}`.
+@dataclasses.dataclass(frozen=True)
+class Masking:
+    """BERT masking for MLM/TLM examples (see `masked_lm_dataset`)."""
 
-    Language first (p ∝ n^alpha), then a pair uniformly within it, keyed on (seed, step)
-    so that a resumed run continues the same stream. With `language_group` > 1 each drawn
-    language gives that many consecutive pairs (the batch size must be a multiple).
-    """
-    if batch_size % language_group:
-        raise ValueError(f"the batch size {batch_size} is not a multiple of the language group "
-                         f"size {language_group}")
-
-    counts = [len(s) for s in pairs.src]
-    log_p = tf.constant(np.log(language_weights(counts, alpha))[None, :], tf.float32)
-    starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
-    sizes = tf.constant(counts, tf.float32)
-    _, src_all, tgt_all = pairs.flat()
-    src_all, tgt_all = tf.constant(src_all), tf.constant(tgt_all)
-
-    def draw(step):
-        key = tf.cast(seed, tf.int64)
-        lang = tf.random.stateless_categorical(log_p, batch_size // language_group,
-                                               seed=tf.stack([key, 2 * step]))[0]
-        lang = tf.repeat(lang, language_group)
-        u = tf.random.stateless_uniform([batch_size], seed=tf.stack([key, 2 * step + 1]))
-        index = tf.gather(starts, lang) + tf.cast(tf.floor(u * tf.gather(sizes, lang)), tf.int64)
-        return {"src": tf.gather(src_all, index), "tgt": tf.gather(tgt_all, index)}
-
-    return tf.data.Dataset.counter(start=start_step).map(draw)
+    tlm_fraction: float
+    mask_rate: float
+    mask_token_rate: float
+    random_token_rate: float
+    max_predictions: int
 
 
-def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: int,
-                      alpha: float, seed: int, tlm_fraction: float, mask_rate: float,
-                      mask_token_rate: float, random_token_rate: float, max_predictions: int,
-                      start_step: int = 0, seq_length: int | None = None,
-                      trim: bool = True) -> tf.data.Dataset:
+def masked_lm_dataset(manifest: Manifest, preprocessor: Preprocessor, *, batch_size: int,
+                      sampling: Sampling, masking: Masking, start_step: int = 0,
+                      num_pipelines: int = 1, pipeline: int = 0,
+                      seq_length: int | None = None, trim: bool = True) -> tf.data.Dataset:
     """An endless dataset of masked MLM and TLM examples, built inside the tf.data graph.
 
     Pairs are drawn by `pair_strings`, as `pair_dataset` draws them. Each example is, with
@@ -340,16 +507,9 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
     pairs and MLM/TLM choices exactly, but not that of the masks.
 
     Args:
-      pairs: Pairs. The pairs this input pipeline draws from (already sharded).
-      preprocessor: Preprocessor. Tokenizes and packs.
-      batch_size: int. Examples per batch (per replica under a strategy).
-      alpha: float. Language smoothing exponent.
-      seed: int. Seed of the draw of pairs and of the MLM/TLM choice.
-      tlm_fraction: float. Probability that an example is TLM.
-      mask_rate, mask_token_rate, random_token_rate: float. As described above.
-      max_predictions: int. Predictions per example, padded to this length.
-      start_step: int. Index of the first batch, so a resumed run continues its stream.
-      seq_length: int or None. Packed length; default the preprocessor's.
+      manifest, preprocessor, batch_size, sampling, start_step, num_pipelines, pipeline,
+        seq_length: as for `pair_dataset`.
+      masking: Masking. TLM fraction and the masking rates.
       trim: bool. Cut each batch to its longest example, as `pair_dataset` does.
 
     Returns:
@@ -358,29 +518,32 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
       int32 mask_ids (the original tokens there) and float32 mask_weights (1 for a real
       prediction, 0 for padding).
     """
+    m = masking
     masker = keras_hub.layers.MaskedLMMaskGenerator(
-        preprocessor.vocab_size, mask_rate, preprocessor.mask_id,
-        mask_selection_length=max_predictions,
+        preprocessor.vocab_size, m.mask_rate, preprocessor.mask_id,
+        mask_selection_length=m.max_predictions,
         unselectable_token_ids=[preprocessor.pad_id, preprocessor.cls_id, preprocessor.sep_id,
                                 preprocessor.unk_id],
-        mask_token_rate=mask_token_rate, random_token_rate=random_token_rate)
-    strings = pair_strings(pairs, batch_size=batch_size, alpha=alpha, seed=seed,
-                           start_step=start_step)
+        mask_token_rate=m.mask_token_rate, random_token_rate=m.random_token_rate)
+    strings = pair_strings(manifest, batch_size=batch_size, sampling=sampling,
+                           start_step=start_step, num_pipelines=num_pipelines, pipeline=pipeline)
+    seed = tf.constant([sampling.seed, pipeline], tf.int64)
 
     # Straight-line TF ops: AutoGraph would only slow the tracing (by seconds).
     @tf.autograph.experimental.do_not_convert
     def example(batch, step):
         src, tgt = preprocessor.tokenize(batch["src"]), preprocessor.tokenize(batch["tgt"])
         size = tf.shape(batch["src"])[0]
-        # A stream of randomness apart from pair_dataset's (seed, 2 step) and (seed, 2 step + 1).
-        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(seed, tf.int64), step]), 1)
+        # A stream of randomness apart from the pair draws'.
+        key = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(seed, -2), step)
         is_tlm, is_src = tf.unstack(tf.random.stateless_uniform([2, size], seed=key))
         tlm = preprocessor.bert_pack_inputs([src, tgt], seq_length)
         # Row i of the MLM batch: src[i] or tgt[i], i.e. row i or size + i of [src; tgt].
         side = tf.gather(tf.concat([src, tgt], 0),
                          tf.range(size) + size * tf.cast(is_src >= 0.5, tf.int32))
         mlm = preprocessor.bert_pack_inputs([side], seq_length)
-        packed = {k: tf.where(is_tlm[:, None] < tlm_fraction, tlm[k], mlm[k]) for k in tlm}
+        packed = {k: tf.where(is_tlm[:, None] < m.tlm_fraction, tlm[k], mlm[k]) for k in tlm}
         masked = masker(packed["token_ids"])
         sequences = {**packed, "token_ids": masked["token_ids"]}
         if trim:
@@ -390,7 +553,7 @@ def masked_lm_dataset(pairs: Pairs, preprocessor: Preprocessor, *, batch_size: i
         predictions = {"mask_positions": tf.cast(masked["mask_positions"], tf.int32),
                        "mask_ids": tf.cast(masked["mask_ids"], tf.int32),
                        "mask_weights": tf.cast(masked["mask_weights"], tf.float32)}
-        return {**sequences, **{k: tf.ensure_shape(v, [batch_size, max_predictions])
+        return {**sequences, **{k: tf.ensure_shape(v, [batch_size, m.max_predictions])
                                 for k, v in predictions.items()}}
 
     return (tf.data.Dataset.zip(strings, tf.data.Dataset.counter(start=start_step))

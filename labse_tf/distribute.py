@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "gather_global_batch", "is_chief", "make_strategy", "needs_static_shapes",
+__all__ = ["STRATEGIES", "barrier", "gather_global_batch", "is_chief", "make_strategy", "needs_static_shapes",
            "set_cpu_devices"]
 
 STRATEGIES = ("cpu", "mirrored", "multi_worker", "tpu")
@@ -84,3 +84,15 @@ def needs_static_shapes(strategy: tf.distribute.Strategy, jit_compile: bool) -> 
     return jit_compile or isinstance(strategy, (tf.distribute.TPUStrategy,
                                                 tf.distribute.MultiWorkerMirroredStrategy))
 
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns on every worker once all have reached it (a no-op but under MultiWorkerMirroredStrategy; a TPU
+    pod is driven by one process).
+
+    The chief writes the run directory's manifest, vocabulary and config before it; the
+    other workers read them after it. A one-element all-reduce is the rendezvous.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM,
+                        strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)

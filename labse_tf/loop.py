@@ -9,10 +9,8 @@ run and paces the learning-rate decay by the clock.
 
 import dataclasses
 import datetime
-import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from typing import Callable, Iterator, Sequence
@@ -20,14 +18,14 @@ from typing import Callable, Iterator, Sequence
 import tensorflow as tf
 from absl import flags
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, vocab
-from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR, CLOCK_FILE
+from labse_tf import checkpoints, config as config_lib, corpus, data, distribute, files, vocab
+from labse_tf.checkpoints import BEST_DIR, CHECKPOINT_DIR, CLOCK_FILE, MANIFEST_FILE, SCORE_FILE
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "define_run_flags", "prepare_run",
-           "run_loop"]
+__all__ = ["LoopResult", "NonFiniteLossError", "compile_loop", "data_sampling", "define_run_flags",
+           "pipeline_batches", "prepare_run", "run_loop"]
 
-DEFAULT_MODEL_DIR = os.path.join("runs", "demo")
+DEFAULT_MODEL_DIR = os.path.join("runs", "demo")  # a local default; any URL may be given
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,100 +109,106 @@ def run_loop(*, loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, step:
     Returns:
       LoopResult.
     """
+    # Checkpoint saves are collective: the other workers save too, into a scratch
+    # directory of their own that is removed however the run ends.
     write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="labse_tf_worker_")
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), max_to_keep=keep_checkpoints,
-        step_counter=step)
-    best_manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(write_dir, BEST_DIR), max_to_keep=1, step_counter=step)
-    writer = (tf.summary.create_file_writer(os.path.join(model_dir, "summaries")) if is_chief
-              else tf.summary.create_noop_writer())
-    end = min(total_steps, stop_at or total_steps)
-    start_step, start_time = int(step.numpy()), time.time()
-    metrics, evals, best = {}, [], _best_score(model_dir)
-    spent_before, decay_end = _read_clock(model_dir) if time_budget and start_step else (0.0, None)
-    if retarget and decay_end:
-        retarget(decay_end)  # a resumed run keeps its decay until it has measured its speed
-    paced_from = None  # (time, step) after the first call, which includes tracing
+    try:
+        manager = tf.train.CheckpointManager(
+            checkpoint, files.join(write_dir, CHECKPOINT_DIR), max_to_keep=keep_checkpoints,
+            step_counter=step)
+        best_manager = tf.train.CheckpointManager(
+            checkpoint, files.join(write_dir, BEST_DIR), max_to_keep=1, step_counter=step)
+        writer = (tf.summary.create_file_writer(files.join(model_dir, checkpoints.SUMMARIES_DIR))
+                  if is_chief
+                  else tf.summary.create_noop_writer())
+        end = min(total_steps, stop_at or total_steps)
+        start_step, start_time = int(step.numpy()), time.time()
+        metrics, evals, best = {}, [], _best_score(model_dir)
+        spent_before, decay_end = _read_clock(model_dir) if time_budget and start_step else (0.0, None)
+        if retarget and decay_end:
+            retarget(decay_end)  # a resumed run keeps its decay until it has measured its speed
+        paced_from = None  # (time, step) after the first call, which includes tracing
 
-    def spent() -> float:
-        return spent_before + time.time() - start_time
+        def spent() -> float:
+            return spent_before + time.time() - start_time
 
-    def run_eval(at: int):
-        nonlocal best
-        result = evaluate(at)
-        evals.append({"step": at, **result})
-        with writer.as_default(step=at):
-            for k, v in result.items():
-                if isinstance(v, (int, float)):
-                    tf.summary.scalar(f"eval/{k}", v)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
-        log(f"eval at step {at}: {shown}")
-        score = result.get(eval_key)
-        if eval_key and score is not None and (best is None or score > best):
-            best = score
-            best_manager.save(checkpoint_number=at)
-            with open(os.path.join(write_dir, BEST_DIR, "score.json"), "w") as f:
-                json.dump({"step": at, eval_key: score}, f)
+        def run_eval(at: int):
+            nonlocal best
+            result = evaluate(at)
+            evals.append({"step": at, **result})
+            with writer.as_default(step=at):
+                for k, v in result.items():
+                    if isinstance(v, (int, float)):
+                        tf.summary.scalar(f"eval/{k}", v)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+            log(f"eval at step {at}: {shown}")
+            score = result.get(eval_key)
+            if eval_key and score is not None and (best is None or score > best):
+                best = score
+                best_manager.save(checkpoint_number=at)
+                files.write_json(files.join(write_dir, BEST_DIR, SCORE_FILE), {"step": at, eval_key: score})
 
-    out_of_time = bool(time_budget) and spent() >= time_budget
-    if out_of_time:
-        log(f"time budget of {time_budget / 60:.2f} min already spent at step {start_step}")
-    while int(step.numpy()) < end and not out_of_time:
-        now = int(step.numpy())
-        # Never run past a checkpoint or evaluation boundary inside one call.
-        boundaries = [end, (now // checkpoint_every + 1) * checkpoint_every, now + steps_per_loop]
-        if evaluate and eval_every:
-            boundaries.append((now // eval_every + 1) * eval_every)
-        num_steps = min(boundaries) - now
-        tick = time.time()
-        metrics = {k: float(v) for k, v in loop(iterator, tf.constant(num_steps)).items()}
-        elapsed = time.time() - tick
-        if not all(math.isfinite(v) for v in metrics.values()):
-            latest = manager.latest_checkpoint
-            raise NonFiniteLossError(
-                f"non-finite metrics {metrics} in steps {now + 1}..{now + num_steps}; stopped "
-                f"without saving. Last good checkpoint: {latest or 'none'}. Lower "
-                "train.learning_rate or use train.precision=fp32/bf16.")
-        step.assign_add(num_steps)
-        now += num_steps
-        if time_budget:
-            left = time_budget - spent()
-            out_of_time = left <= 0
-            if paced_from is None:
-                paced_from = (time.time(), now)
-            elif retarget:  # the steps/s of everything since (saves and evaluations too)
-                speed = (now - paced_from[1]) / max(time.time() - paced_from[0], 1e-9)
-                decay_end = min(now + max(left, 0.0) * speed, total_steps)
-                retarget(decay_end)
-        rate = examples_per_step * num_steps / max(elapsed, 1e-9)
-        metrics.update(learning_rate=learning_rate(), examples_per_second=rate)
-        with writer.as_default(step=now):
-            for k, v in metrics.items():
-                tf.summary.scalar(f"train/{k}", v)
-        done = time.time() - start_time
-        eta = done / max(now - start_step, 1) * (end - now)
-        if time_budget:
-            eta = min(eta, max(time_budget - spent(), 0.0))
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                          if k not in ("learning_rate", "examples_per_second"))
-        if is_chief:
-            log(f"step {now}/{total_steps}  {shown}  lr {metrics['learning_rate']:.2e}  "
-                f"pairs/s {rate:.1f}  ETA {_format_eta(eta)}")
-        if now % checkpoint_every == 0 or now == end or out_of_time:
-            manager.save(checkpoint_number=now)
-            if time_budget and is_chief:
-                _write_clock(model_dir, now, spent(), decay_end)
+        out_of_time = bool(time_budget) and spent() >= time_budget
         if out_of_time:
-            log(f"time budget of {time_budget / 60:.2f} min reached at step {now}")
-        if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps
-                         or out_of_time):
-            run_eval(now)
-    writer.flush()
-    return LoopResult(step=int(step.numpy()), metrics=metrics, evals=evals,
-                      checkpoint=manager.latest_checkpoint,
-                      best_checkpoint=best_manager.latest_checkpoint,
-                      seconds=time.time() - start_time)
+            log(f"time budget of {time_budget / 60:.2f} min already spent at step {start_step}")
+        while int(step.numpy()) < end and not out_of_time:
+            now = int(step.numpy())
+            # Never run past a checkpoint or evaluation boundary inside one call.
+            boundaries = [end, (now // checkpoint_every + 1) * checkpoint_every, now + steps_per_loop]
+            if evaluate and eval_every:
+                boundaries.append((now // eval_every + 1) * eval_every)
+            num_steps = min(boundaries) - now
+            tick = time.time()
+            metrics = {k: float(v) for k, v in loop(iterator, tf.constant(num_steps)).items()}
+            elapsed = time.time() - tick
+            if not all(math.isfinite(v) for v in metrics.values()):
+                latest = manager.latest_checkpoint
+                raise NonFiniteLossError(
+                    f"non-finite metrics {metrics} in steps {now + 1}..{now + num_steps}; stopped "
+                    f"without saving. Last good checkpoint: {latest or 'none'}. Lower "
+                    "train.learning_rate or use train.precision=fp32/bf16.")
+            step.assign_add(num_steps)
+            now += num_steps
+            if time_budget:
+                left = time_budget - spent()
+                out_of_time = left <= 0
+                if paced_from is None:
+                    paced_from = (time.time(), now)
+                elif retarget:  # the steps/s of everything since (saves and evaluations too)
+                    speed = (now - paced_from[1]) / max(time.time() - paced_from[0], 1e-9)
+                    decay_end = min(now + max(left, 0.0) * speed, total_steps)
+                    retarget(decay_end)
+            rate = examples_per_step * num_steps / max(elapsed, 1e-9)
+            metrics.update(learning_rate=learning_rate(), examples_per_second=rate)
+            with writer.as_default(step=now):
+                for k, v in metrics.items():
+                    tf.summary.scalar(f"train/{k}", v)
+            done = time.time() - start_time
+            eta = done / max(now - start_step, 1) * (end - now)
+            if time_budget:
+                eta = min(eta, max(time_budget - spent(), 0.0))
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                              if k not in ("learning_rate", "examples_per_second"))
+            if is_chief:
+                log(f"step {now}/{total_steps}  {shown}  lr {metrics['learning_rate']:.2e}  "
+                    f"pairs/s {rate:.1f}  ETA {_format_eta(eta)}")
+            if now % checkpoint_every == 0 or now == end or out_of_time:
+                manager.save(checkpoint_number=now)
+                if time_budget and is_chief:
+                    _write_clock(model_dir, now, spent(), decay_end)
+            if out_of_time:
+                log(f"time budget of {time_budget / 60:.2f} min reached at step {now}")
+            if evaluate and ((eval_every and now % eval_every == 0) or now == total_steps
+                             or out_of_time):
+                run_eval(now)
+        writer.flush()
+        return LoopResult(step=int(step.numpy()), metrics=metrics, evals=evals,
+                          checkpoint=manager.latest_checkpoint,
+                          best_checkpoint=best_manager.latest_checkpoint,
+                          seconds=time.time() - start_time)
+    finally:
+        if not is_chief:
+            files.rmtree(write_dir)
 
 
 def define_run_flags():
@@ -225,27 +229,27 @@ def define_run_flags():
                               "labse_tf.")
 
 
-def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=print):
-    """Reads the data, settles the vocabulary and writes the resolved config (before step 0).
+def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=print,
+                strategy: tf.distribute.Strategy | None = None):
+    """Counts the data, settles the vocabulary and writes the resolved config (before step 0).
+
+    Only the chief writes the run directory: under multi-worker training the others wait
+    at a barrier until it has, then read the manifest and vocabulary it wrote.
 
     Returns:
-      (cfg with vocab fields resolved, pairs, read stats, preprocessor).
+      (cfg with vocab fields resolved, corpus manifest, preprocessor).
     """
-    pairs, stats = data.read_pairs(train_patterns, report=cfg.data.report_malformed, log=log)
-    log(f"training data: {stats.summary()['pairs']} pairs in {len(pairs.langs)} languages, "
-        f"{stats.malformed} malformed lines skipped")
-    os.makedirs(model_dir, exist_ok=True)
+    is_chief = strategy is None or distribute.is_chief(strategy)
     vocab_file = checkpoints.vocab_path(model_dir)
-    if cfg.data.vocab_file and os.path.abspath(cfg.data.vocab_file) != os.path.abspath(vocab_file):
-        if not os.path.exists(cfg.data.vocab_file):
-            raise config_lib.ConfigError(f"data.vocab_file: no such file {cfg.data.vocab_file!r}")
-        shutil.copyfile(cfg.data.vocab_file, vocab_file)
-    elif not os.path.exists(vocab_file):
-        log(f"building a {cfg.data.build_vocab_size}-token vocabulary from the training data")
-        sample = vocab.sample_sentences(pairs, cfg.data.alpha, 400_000, cfg.train.seed)
-        vocab.write_vocab(vocab.build_vocab([s for g in sample.values() for s in g],
-                                            cfg.data.build_vocab_size,
-                                            lowercase=cfg.data.lowercase), vocab_file)
+    if is_chief:
+        manifest = _settle_manifest(train_patterns, model_dir, cfg.data.report_malformed, log)
+        log(f"training data: {manifest.pairs:,} pairs in {len(manifest.langs)} languages, "
+            f"{manifest.malformed} malformed lines skipped")
+        _settle_vocab(cfg, manifest, vocab_file, log)
+    if strategy is not None:
+        distribute.barrier(strategy)
+    if not is_chief:
+        manifest = corpus.read_manifest(files.join(model_dir, MANIFEST_FILE))
     preprocessor = Preprocessor(vocab_file, lowercase=cfg.data.lowercase,
                                 seq_length=cfg.data.seq_length)
     if cfg.model.vocab_size not in (0, preprocessor.vocab_size):
@@ -253,17 +257,66 @@ def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=prin
             f"model.vocab_size: {cfg.model.vocab_size} but {vocab_file} has "
             f"{preprocessor.vocab_size} tokens (set 0 to take it from the file)")
     cfg = config_lib.override(cfg, [f"model.vocab_size={preprocessor.vocab_size}",
-                                    f"data.vocab_file={os.path.abspath(vocab_file)}"])
+                                    f"data.vocab_file={files.absolute(vocab_file)}"])
     _check_compatible(cfg, model_dir)
-    config_lib.write_config(cfg, model_dir)
-    return cfg, pairs, stats, preprocessor
+    if is_chief:
+        config_lib.write_config(cfg, model_dir)
+    return cfg, manifest, preprocessor
+
+
+def data_sampling(cfg: config_lib.Config) -> data.Sampling:
+    return data.Sampling(alpha=cfg.data.alpha, seed=cfg.train.seed,
+                         language_group=cfg.data.language_group, window=cfg.data.shuffle_window)
+
+
+def pipeline_batches(ctx: tf.distribute.InputContext, steps: int) -> int:
+    """Batches an input pipeline gave in `steps` steps: one per replica it feeds."""
+    return steps * (ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+
+
+def _settle_manifest(train_patterns, model_dir: str, report: int, log) -> corpus.Manifest:
+    """The run's corpus manifest: the saved one while the files are unchanged, else new.
+
+    A resumed run must read the same files (its data position counts their pairs); a
+    run with no checkpoint yet recounts when they changed.
+    """
+    paths, prepared = corpus.resolve_inputs(train_patterns)
+    path = files.join(model_dir, MANIFEST_FILE)
+    saved = corpus.read_manifest(path) if files.exists(path) else None
+    current = prepared.signature() if prepared else [(p, files.size(p)) for p in paths]
+    if saved and saved.signature() == current:
+        log(f"corpus manifest: {path} (reused)")
+        return saved
+    if saved and tf.train.latest_checkpoint(files.join(model_dir, CHECKPOINT_DIR)):
+        raise data.DataError(
+            f"{path}: the training files are not those this run started with (paths and "
+            f"sizes differ: {len(saved.files)} files then, {len(current)} now); a resumed "
+            "run continues its data stream only over the same files: use a new --model_dir")
+    manifest = prepared or corpus.build_manifest(paths, report=report, log=log)
+    corpus.write_manifest(manifest, path)
+    log(f"corpus manifest: {path}")
+    return manifest
+
+
+def _settle_vocab(cfg: config_lib.Config, manifest: corpus.Manifest, vocab_file: str, log):
+    """Copies the configured vocabulary into the run, or learns one from the data."""
+    if cfg.data.vocab_file and files.absolute(cfg.data.vocab_file) != files.absolute(vocab_file):
+        if not files.exists(cfg.data.vocab_file):
+            raise config_lib.ConfigError(f"data.vocab_file: no such file {cfg.data.vocab_file!r}")
+        files.copy(cfg.data.vocab_file, vocab_file)
+    elif not files.exists(vocab_file):
+        log(f"building a {cfg.data.build_vocab_size}-token vocabulary from the training data")
+        sample = vocab.sample_sentences(manifest, cfg.data.alpha, 400_000, cfg.train.seed)
+        vocab.write_vocab(vocab.build_vocab([s for g in sample.values() for s in g],
+                                            cfg.data.build_vocab_size,
+                                            lowercase=cfg.data.lowercase), vocab_file)
 
 
 def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
     """A resumed run must keep the encoder shape its checkpoints were saved with."""
-    path = os.path.join(model_dir, "config.yaml")
-    if not os.path.exists(path) or not tf.train.latest_checkpoint(
-            os.path.join(model_dir, checkpoints.CHECKPOINT_DIR)):
+    path = files.join(model_dir, checkpoints.CONFIG_FILE)
+    if not files.exists(path) or not tf.train.latest_checkpoint(
+            files.join(model_dir, CHECKPOINT_DIR)):
         return
     old = config_lib.load_config(path)
     if old.model != cfg.model:
@@ -277,25 +330,22 @@ def _read_clock(model_dir: str) -> tuple[float, float | None]:
 
     The schedule's end is not in the checkpoint, so a resumed run would otherwise decay
     toward train.steps until it has measured its own speed."""
-    path = os.path.join(model_dir, CLOCK_FILE)
-    if not os.path.exists(path):
+    path = files.join(model_dir, CLOCK_FILE)
+    if not files.exists(path):
         return 0.0, None
-    with open(path) as f:
-        clock = json.load(f)
+    clock = files.read_json(path)
     return float(clock["seconds"]), clock.get("decay_end")
 
 
 def _write_clock(model_dir: str, at: int, seconds: float, decay_end: float | None) -> None:
-    path = os.path.join(model_dir, CLOCK_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"step": at, "seconds": round(seconds, 2), "decay_end": decay_end}, f)
-    os.replace(path + ".tmp", path)  # a kill mid-write leaves the previous clock
+    # Written whole or not at all, so a kill mid-write leaves the previous clock.
+    files.write_json(files.join(model_dir, CLOCK_FILE),
+                     {"step": at, "seconds": round(seconds, 2), "decay_end": decay_end})
 
 
 def _best_score(model_dir: str):
     """The best evaluation score saved by an earlier (resumed) part of this run."""
-    path = os.path.join(model_dir, BEST_DIR, "score.json")
-    if not os.path.exists(path):
+    path = files.join(model_dir, BEST_DIR, SCORE_FILE)
+    if not files.exists(path):
         return None
-    with open(path) as f:
-        return next(v for k, v in json.load(f).items() if k != "step")
+    return next(v for k, v in files.read_json(path).items() if k != "step")

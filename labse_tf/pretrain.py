@@ -29,7 +29,7 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, loop as loop_lib
+from labse_tf import checkpoints, config as config_lib, data, distribute, files, loop as loop_lib
 from labse_tf.checkpoints import CHECKPOINT_DIR
 from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
 from labse_tf.losses import masked_lm_loss
@@ -82,7 +82,7 @@ def plan_stages(cfg: config_lib.Config, model_dir: str) -> list[Stage]:
                 f"model.num_layers: {layers} does not divide by {divisor}, which stage "
                 f"{number} of pretrain.stage_steps ({count} steps) needs")
         if count:
-            where = model_dir if number == 3 else os.path.join(model_dir, STAGES_DIR, str(number))
+            where = model_dir if number == 3 else files.join(model_dir, STAGES_DIR, str(number))
             stages.append(Stage(number, layers // divisor, start, start + count, where))
         start += count
     return stages
@@ -202,7 +202,8 @@ def _make_step(model: keras.Model, optimizer, cfg: config_lib.Config):
     return step
 
 
-def _distributed_examples(strategy, pairs, preprocessor, cfg: config_lib.Config, start_step: int):
+def _distributed_examples(strategy, manifest, preprocessor, cfg: config_lib.Config,
+                          start_step: int):
     """A distributed iterator of masked MLM/TLM batches, each input pipeline on its shard."""
     if cfg.train.global_batch_size % strategy.num_replicas_in_sync:
         raise config_lib.ConfigError(
@@ -211,14 +212,19 @@ def _distributed_examples(strategy, pairs, preprocessor, cfg: config_lib.Config,
     p = cfg.pretrain
     static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
+    masking = data.Masking(tlm_fraction=p.tlm_fraction, mask_rate=p.mask_rate,
+                           mask_token_rate=p.mask_token_rate,
+                           random_token_rate=p.random_token_rate,
+                           max_predictions=p.max_predictions)
+
     def dataset_fn(ctx: tf.distribute.InputContext):
         return data.masked_lm_dataset(
-            pairs.shard(ctx.num_input_pipelines, ctx.input_pipeline_id), preprocessor,
+            manifest, preprocessor,
             batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
-            tlm_fraction=p.tlm_fraction, mask_rate=p.mask_rate,
-            mask_token_rate=p.mask_token_rate, random_token_rate=p.random_token_rate,
-            max_predictions=p.max_predictions, start_step=start_step, trim=not static)
+            sampling=loop_lib.data_sampling(cfg), masking=masking,
+            start_step=loop_lib.pipeline_batches(ctx, start_step),
+            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
+            trim=not static)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -244,7 +250,7 @@ def _check(cfg: config_lib.Config) -> None:
 def _resume_point(stages: list[Stage]) -> tuple[int, str | None]:
     """Index of the last stage with a checkpoint and that checkpoint; (0, None) if none."""
     for index in reversed(range(len(stages))):
-        latest = tf.train.latest_checkpoint(os.path.join(stages[index].model_dir, CHECKPOINT_DIR))
+        latest = tf.train.latest_checkpoint(files.join(stages[index].model_dir, CHECKPOINT_DIR))
         if latest:
             return index, latest
     return 0, None
@@ -257,7 +263,7 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
     stages = plan_stages(cfg, model_dir)
     _check(cfg)
     is_chief = distribute.is_chief(strategy)
-    cfg, pairs, stats, preprocessor = prepare_run(cfg, model_dir, train_patterns, log)
+    cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
     with strategy.scope():
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     first, latest = _resume_point(stages)
@@ -281,7 +287,8 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
         log(f"stage {stage.number}: {stage.num_layers}-layer encoder ({how}), steps "
             f"{stage.start}..{stage.end}, {model.count_params():,} parameters with the MLM head")
         if iterator is None:
-            iterator = _distributed_examples(strategy, pairs, preprocessor, cfg, int(step.numpy()))
+            iterator = _distributed_examples(strategy, manifest, preprocessor, cfg,
+                                             int(step.numpy()))
         result = run_loop(
             loop=compile_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"]),
             iterator=iterator, checkpoint=checkpoint, step=step, model_dir=stage.model_dir,
@@ -296,8 +303,8 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
                         "checkpoint": result.checkpoint, "final_metrics": result.metrics})
         previous = model
     summary = {
-        "model_dir": os.path.abspath(model_dir), "step": int(step.numpy()),
-        "checkpoint": results[-1]["checkpoint"], "stages": results, "data": stats.summary(),
+        "model_dir": files.absolute(model_dir), "step": int(step.numpy()),
+        "checkpoint": results[-1]["checkpoint"], "stages": results, "data": manifest.summary(),
         "replicas": strategy.num_replicas_in_sync,
     }
     if is_chief:
@@ -316,7 +323,8 @@ def main(argv):
         summary = pretrain(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                            train_patterns=FLAGS.train_data or [data.sample_corpus_path("train")],
                            log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError) as e:
+    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
+            files.FileError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     log(f"run directory: {summary['model_dir']}")
@@ -327,6 +335,6 @@ def main(argv):
 if __name__ == "__main__":
     define_run_flags()
     FLAGS.set_default("config", "tiny_pretrain")
-    FLAGS.set_default("model_dir", os.path.join("runs", "pretrain"))
+    FLAGS.set_default("model_dir", os.path.join("runs", "pretrain"))  # a local default
     flags.adopt_module_key_flags(loop_lib)
     app.run(main)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export
+from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
 from labse_tf import loop as loop_lib
 from labse_tf.gradients import compute_gradients, seed_generators
 from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
@@ -41,7 +41,7 @@ def define_train_flags():
     flags.DEFINE_string("export_dir", "", "Where to export; default MODEL_DIR/export.")
 
 
-def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
+def distributed_pairs(strategy, manifest, preprocessor, cfg, start_step):
     """A distributed iterator of per-replica batches, each input pipeline on its own shard."""
     replicas = strategy.num_replicas_in_sync
     if cfg.train.global_batch_size % replicas:
@@ -57,11 +57,13 @@ def distributed_pairs(strategy, pairs, preprocessor, cfg, start_step):
     static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
 
     def dataset_fn(ctx: tf.distribute.InputContext):
-        shard = pairs.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         return data.pair_dataset(
-            shard, preprocessor, batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            alpha=cfg.data.alpha, seed=cfg.train.seed * 1000 + ctx.input_pipeline_id,
-            start_step=start_step, trim=not static, language_group=cfg.data.language_group)
+            manifest, preprocessor,
+            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
+            sampling=loop_lib.data_sampling(cfg),
+            start_step=loop_lib.pipeline_batches(ctx, start_step),
+            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
+            trim=not static)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -108,9 +110,9 @@ _SHAPE_FIELDS = ("vocab_size", "num_layers", "hidden_dim", "num_heads", "interme
 
 def inherit_pretrained(cfg: config_lib.Config, init_checkpoint: str, log=print) -> config_lib.Config:
     """This run's config with the pre-trained run's encoder shape, vocabulary and casing."""
-    init_dir = (init_checkpoint if os.path.isdir(init_checkpoint)
-                else os.path.dirname(os.path.dirname(init_checkpoint)))
-    source = config_lib.load_config(os.path.join(init_dir, "config.yaml"))
+    init_dir = (init_checkpoint if files.isdir(init_checkpoint)
+                else files.dirname(files.dirname(init_checkpoint)))
+    source = config_lib.load_config(files.join(init_dir, checkpoints.CONFIG_FILE))
     shape = {f: getattr(source.model, f) for f in _SHAPE_FIELDS}
     log(f"encoder shape and vocabulary from {init_dir}: "
         + ", ".join(f"{k}={v}" for k, v in shape.items()))
@@ -123,7 +125,7 @@ def inherit_pretrained(cfg: config_lib.Config, init_checkpoint: str, log=print) 
 def init_from_pretrained(encoder, init_path: str, log=print) -> str:
     """Copies a pre-trained encoder's weights (shapes must match) into `encoder`."""
     path = init_path
-    if os.path.isdir(init_path):
+    if files.isdir(init_path):
         path = checkpoints.find_checkpoint(init_path)
     tf.train.Checkpoint(encoder=encoder).read(path).expect_partial().assert_existing_objects_matched()
     log(f"initialised the encoder from {path}")
@@ -142,7 +144,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
     is_chief = distribute.is_chief(strategy)
     if init_checkpoint:
         cfg = inherit_pretrained(cfg, init_checkpoint, log)
-    cfg, pairs, stats, preprocessor = prepare_run(cfg, model_dir, train_patterns, log)
+    cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
     with strategy.scope():
         encoder = build_encoder(cfg.model, preprocessor.vocab_size, cfg.train.precision)
         optimizer = build_optimizer(cfg.optimizer, learning_rate=cfg.train.learning_rate,
@@ -150,7 +152,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         optimizer.build(encoder.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(encoder=encoder, optimizer=optimizer, step=step)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpoints.CHECKPOINT_DIR))
+    latest = tf.train.latest_checkpoint(files.join(model_dir, checkpoints.CHECKPOINT_DIR))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at step {int(step.numpy())}")
@@ -159,7 +161,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
     log(f"encoder: {encoder.count_params():,} parameters, {cfg.model.num_layers} layers, "
         f"hidden {cfg.model.hidden_dim}, vocabulary {preprocessor.vocab_size}; "
         f"{strategy.num_replicas_in_sync} replica(s), precision {cfg.train.precision}")
-    iterator = distributed_pairs(strategy, pairs, preprocessor, cfg, int(step.numpy()))
+    iterator = distributed_pairs(strategy, manifest, preprocessor, cfg, int(step.numpy()))
     step_fn = make_train_step(encoder, optimizer, cfg)
     names = ["loss", "src_to_tgt_accuracy"] + (["tgt_to_src_accuracy"] if cfg.loss.bidirectional else [])
     loop = compile_loop(strategy, step_fn, names)
@@ -176,10 +178,10 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         is_chief=is_chief, time_budget=cfg.train.time_budget_minutes * 60,
         retarget=lambda end: retarget_decay(optimizer, end))
     summary = {
-        "model_dir": os.path.abspath(model_dir), "step": result.step,
+        "model_dir": files.absolute(model_dir), "step": result.step,
         "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,
         "final_metrics": result.metrics, "evaluations": result.evals,
-        "data": stats.summary(), "seconds": round(result.seconds, 1),
+        "data": manifest.summary(), "seconds": round(result.seconds, 1),
         "replicas": strategy.num_replicas_in_sync,
     }
     if is_chief:
@@ -206,7 +208,8 @@ def main(argv):
         summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                         train_patterns=train_patterns, eval_sets=eval_sets,
                         init_checkpoint=FLAGS.init_checkpoint, log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError) as e:
+    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
+            files.FileError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     log(f"run directory: {summary['model_dir']}")
@@ -217,14 +220,14 @@ def main(argv):
     if FLAGS.export and distribute.is_chief(strategy):
         summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
         checkpoints.write_summary(summary, FLAGS.model_dir)
-    log(f"summary:       {os.path.join(summary['model_dir'], 'summary.json')}")
+    log(f"summary:       {files.join(summary['model_dir'], checkpoints.SUMMARY_FILE)}")
 
 
 def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:
     """Exports the final checkpoint (in fp32) and scores the exported serving model."""
     _, preprocessor, encoder, _ = checkpoints.load_run(model_dir)
     paths = export.export_model(preprocessor, encoder,
-                                export_dir or os.path.join(model_dir, "export"),
+                                export_dir or files.join(model_dir, "export"),
                                 seq_length=preprocessor.seq_length)
     for name, path in paths.items():
         log(f"exported {name + ':':13s} {path}")

@@ -10,8 +10,7 @@ summary per language (unknown-token rate, pieces per word) is printed and writte
 beside the vocabulary.
 """
 
-import json
-import os
+import sys
 import time
 from typing import Sequence
 
@@ -20,7 +19,8 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
 
-from labse_tf import data
+from labse_tf import data, files
+from labse_tf.corpus import Manifest
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize
 
 __all__ = ["build_vocab", "coverage", "sample_sentences", "smoothed_sample_sizes", "write_vocab"]
@@ -51,13 +51,18 @@ def smoothed_sample_sizes(counts: Sequence[int], alpha: float, budget: int) -> n
     return take
 
 
-def sample_sentences(pairs: data.Pairs, alpha: float, budget: int, seed: int) -> dict:
-    """Per language, a random sample of sentences from both sides of its pairs."""
-    rng = np.random.default_rng(seed)
-    sides = [list(s) + list(t) for s, t in zip(pairs.src, pairs.tgt)]
-    sizes = smoothed_sample_sizes([len(x) for x in sides], alpha, budget)
-    return {lang: [side[i] for i in rng.choice(len(side), n, replace=False)]
-            for lang, side, n in zip(pairs.langs, sides, sizes)}
+def sample_sentences(manifest: Manifest, alpha: float, budget: int, seed: int) -> dict:
+    """Per language, sentences from both sides of pairs spread evenly over its files.
+
+    One streaming pass (data.spread_pairs); the seed shifts which pairs are taken.
+    """
+    counts = list(manifest.counts().values())
+    sizes = smoothed_sample_sizes([2 * n for n in counts], alpha, budget)
+    sample = {lang: [] for lang in manifest.langs}
+    for pair in data.spread_pairs(manifest, -(-sizes // 2), seed).as_numpy_iterator():
+        lang = manifest.langs[pair["lang"]]
+        sample[lang] += [pair["src"].decode("utf-8"), pair["tgt"].decode("utf-8")]
+    return {lang: sample[lang][:n] for lang, n in zip(manifest.langs, sizes) if n}
 
 
 def _normalized(sentences: Sequence[str], lowercase: bool) -> tf.data.Dataset:
@@ -93,13 +98,8 @@ def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = 
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> str:
-    """Writes one token per line (atomically); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # processes of one multi-worker run may race here
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(t + "\n" for t in tokens)
-    os.replace(tmp, path)
-    return path
+    """Writes one token per line (whole or not at all); returns the path."""
+    return files.write_text(path, "".join(t + "\n" for t in tokens))
 
 
 def coverage(preprocessor: Preprocessor, sentences_by_lang: dict) -> dict:
@@ -143,10 +143,15 @@ def define_flags():
 def main(argv):
     del argv
     start = time.time()
-    pairs, stats = data.read_pairs(FLAGS.input)
-    print(f"read {stats.summary()['pairs']} pairs in {len(pairs.langs)} languages "
-          f"({stats.malformed} malformed lines skipped)", flush=True)
-    sample = sample_sentences(pairs, FLAGS.alpha, FLAGS.max_sentences, FLAGS.seed)
+    log = lambda msg: print(msg, flush=True)
+    try:
+        manifest = data.load_manifest(FLAGS.input, log=log)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    log(f"{manifest.pairs:,} pairs in {len(manifest.langs)} languages "
+        f"({manifest.malformed} malformed lines skipped)")
+    sample = sample_sentences(manifest, FLAGS.alpha, FLAGS.max_sentences, FLAGS.seed)
     sentences = [s for group in sample.values() for s in group]
     print(f"learning a {FLAGS.vocab_size}-token vocabulary from {len(sentences)} sampled "
           "sentences ...", flush=True)
@@ -154,12 +159,10 @@ def main(argv):
                          max_unique_chars=FLAGS.max_unique_chars, max_words=FLAGS.max_words)
     path = write_vocab(tokens, FLAGS.output)
     report = coverage(Preprocessor(path, lowercase=FLAGS.lowercase), sample)
-    summary = {"vocab_file": os.path.abspath(path), "vocab_size": len(tokens),
+    summary = {"vocab_file": files.absolute(path), "vocab_size": len(tokens),
                "alpha": FLAGS.alpha, "lowercase": FLAGS.lowercase,
                "sampled_sentences": len(sentences), "languages": report}
-    json_path = path + ".coverage.json"
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, ensure_ascii=False)
+    json_path = files.write_json(path + ".coverage.json", summary)
     worst = sorted(report.items(), key=lambda kv: -kv[1]["unk_rate"])[:10]
     print("lang      unk%  pieces/word")
     for lang, r in worst:
