@@ -18,7 +18,6 @@ This file is the only place the TF Hub input names appear; the package uses kera
 Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
 """
 
-import os
 import sys
 
 import keras
@@ -26,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from labse_tf import checkpoints
+from labse_tf import checkpoints, files
 from labse_tf.model import INPUT_NAMES
 from labse_tf.preprocessing import Preprocessor
 
@@ -46,7 +45,11 @@ SERVING_INPUT = "text"
 SERVING_OUTPUT = "embeddings"
 # The model name in export/models.config and in the warm-up requests.
 MODEL_NAME = "labse"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+# TF Serving loads a version directory only once this file is in it.
+SAVED_MODEL_FILE = "saved_model.pb"
+# Under EXPORT_DIR: where the models are written before they are published.
+STAGING_DIR = ".staging"
 # Warm-up batches of size 1 and 4: short, empty and long inputs, several scripts.
 _WARMUP_BATCHES = (
     ("Hello world.",),
@@ -197,15 +200,15 @@ def next_version(serving_dir: str) -> int:
 
     TF Serving serves the highest version by default, so a new export takes over.
     """
-    if not tf.io.gfile.isdir(serving_dir):
+    if not files.isdir(serving_dir):
         return 1
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir)]
-    return max((int(name) for name in names if name.isdigit()), default=0) + 1
+    return max((int(name) for name in files.listdir(serving_dir) if name.isdigit()),
+               default=0) + 1
 
 
 def _write_warmup(path: str) -> None:
     """Writes TF Serving warm-up requests: PredictionLog records in a TFRecord file."""
-    tf.io.gfile.makedirs(os.path.dirname(path))
+    files.makedirs(files.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for batch in _WARMUP_BATCHES:
             request = predict_pb2.PredictRequest(
@@ -216,30 +219,53 @@ def _write_warmup(path: str) -> None:
             writer.write(log.SerializeToString())
 
 
-def _save(obj, path: str, signatures=None, warmup: bool = False) -> None:
-    """Saves into a temporary sibling, then moves it to `path` (replacing an old export).
+def _files_under(directory: str) -> list[str]:
+    """Every file below `directory`, as `/`-joined paths relative to it."""
+    found = []
+    for name in files.listdir(directory):
+        path = files.join(directory, name)
+        if files.isdir(path):
+            found += [f"{name}/{sub}" for sub in _files_under(path)]
+        elif files.exists(path):  # TF's ram:// also lists assets.extra's tail in assets/
+            found.append(name)
+    return found
 
-    A model server watching the parent directory never sees a half-written version: the
-    temporary name is not an integer.
+
+def _publish(staging: str, path: str) -> None:
+    """Moves a complete SavedModel from `staging` to `path`, replacing what is there.
+
+    TF Serving's poller aspires every integer-named directory it lists, whatever it holds,
+    and its loader refuses (and later retries) one without saved_model.pb. A local
+    directory rename is atomic. On an object store a directory exists as soon as its first
+    object does, and a rename copies object by object, so a poller could load a version
+    whose variables are still being copied: there the files are copied with saved_model.pb
+    last (each object appears whole), and an old model loses its saved_model.pb first.
     """
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    for old in (tmp, path):
-        if tf.io.gfile.exists(old):
-            tf.io.gfile.rmtree(old)
-    tf.saved_model.save(obj, tmp, signatures=signatures)
-    if warmup:
-        _write_warmup(os.path.join(tmp, WARMUP_FILE))
-    tf.io.gfile.rename(tmp, path)
+    if files.exists(path):
+        files.remove(files.join(path, SAVED_MODEL_FILE))
+        files.rmtree(path)
+    if not files.is_url(path):
+        files.makedirs(files.dirname(path))
+        files.rename(staging, path)
+        return
+    for name in sorted(_files_under(staging), key=lambda name: name == SAVED_MODEL_FILE):
+        files.copy(files.join(staging, name), files.join(path, name))
+    files.rmtree(staging)
 
 
 def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: str, *,
                  seq_length: int, version: int | None = None) -> dict[str, str]:
     """Writes the preprocessor, encoder and serving SavedModels.
 
+    Each is saved under EXPORT_DIR/.staging first, then published (see `_publish`), so a
+    model server never loads a half-written version, on a local disk or on GCS. An
+    interrupted export leaves EXPORT_DIR/.staging (removed by the next export) and at
+    worst a serving version without saved_model.pb, which never loads.
+
     Args:
       preprocessor: Preprocessor. The tokenizer the encoder was trained with.
       encoder: keras.Model. From model.build_encoder, trained.
-      export_dir: str. Output directory (local or any tf.io.gfile path).
+      export_dir: str. Output directory, local or a URL (`gs://...`).
       seq_length: int. Default packed length of the preprocessor and of serving; at most
         the encoder's max_sequence_length.
       version: int. Serving version directory; default `next_version(EXPORT_DIR/serving)`.
@@ -252,22 +278,29 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
     if not 3 <= seq_length <= max_length:
         raise ValueError(f"seq_length must be in [3, {max_length}] (the encoder's "
                          f"max_sequence_length), got {seq_length}")
-    serving_dir = os.path.join(export_dir, "serving")
+    serving_dir = files.join(export_dir, "serving")
     version = next_version(serving_dir) if version is None else version
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
-    paths = {"preprocessor": os.path.join(export_dir, "preprocessor"),
-             "encoder": os.path.join(export_dir, "encoder"),
-             "serving": os.path.join(serving_dir, str(version))}
-    if tf.io.gfile.exists(paths["serving"]):
+    paths = {"preprocessor": files.join(export_dir, "preprocessor"),
+             "encoder": files.join(export_dir, "encoder"),
+             "serving": files.join(serving_dir, str(version))}
+    if files.exists(paths["serving"]):
         raise FileExistsError(f"{paths['serving']}: serving version {version} exists; "
                               "choose another version or leave it to the default")
     hub_preprocessor = HubPreprocessor(preprocessor, seq_length)
     hub_encoder = HubEncoder(encoder)
     serving = ServingModel(hub_preprocessor, hub_encoder)
-    _save(hub_preprocessor, paths["preprocessor"])
-    _save(hub_encoder, paths["encoder"])
-    _save(serving, paths["serving"], signatures={SIGNATURE_KEY: serving.serve}, warmup=True)
+    staging_dir = files.join(export_dir, STAGING_DIR)
+    files.rmtree(staging_dir)  # what an interrupted export left
+    staging = {kind: files.join(staging_dir, kind) for kind in paths}
+    tf.saved_model.save(hub_preprocessor, staging["preprocessor"])
+    tf.saved_model.save(hub_encoder, staging["encoder"])
+    tf.saved_model.save(serving, staging["serving"], signatures={SIGNATURE_KEY: serving.serve})
+    _write_warmup(files.join(staging["serving"], WARMUP_FILE))
+    for kind, path in paths.items():
+        _publish(staging[kind], path)
+    files.rmtree(staging_dir)
     return paths
 
 
@@ -293,7 +326,7 @@ def main(argv):
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
         paths = export_model(preprocessor, encoder,
-                             FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"),
+                             FLAGS.export_dir or files.join(FLAGS.model_dir, "export"),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from labse_tf import checkpoints, config as config_lib, export
+from labse_tf import checkpoints, config as config_lib, export, files
 from labse_tf.model import INPUT_NAMES, build_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,6 +290,7 @@ def test_command_line_writes_the_layout(exported, tiny_run, first_checkpoint):
         assert os.path.exists(os.path.join(exported["dir"], path, "saved_model.pb"))
     assert f"exported {first_checkpoint} (seq_length {SEQ_LENGTH})" in exported["stdout"]
     assert os.listdir(os.path.join(exported["dir"], "serving")) == ["1"]  # no temporary left
+    assert sorted(os.listdir(exported["dir"])) == ["encoder", "preprocessor", "serving"]
     with open(os.path.join(tiny_run, "vocab.txt"), "rb") as f:
         vocab = f.read()
     for model in ("preprocessor", os.path.join("serving", "1")):
@@ -476,3 +477,89 @@ def test_mixed_precision_encoder_exports_float32_outputs(tiny_run, reference):
     assert {k: v.dtype for k, v in outputs.items() if k != "encoder_outputs"} == dict.fromkeys(
         ["default", "pooled_output", "sequence_output"], tf.float32)
     assert [x.dtype for x in outputs["encoder_outputs"]] == [tf.float32] * cfg.model.num_layers
+
+
+def _tree(directory: str) -> dict:
+    """{relative path: size} of every file under a directory on any filesystem."""
+    tree = {}
+    for root, _, names in tf.io.gfile.walk(directory):
+        for name in names:
+            path = f"{root}/{name}"
+            if tf.io.gfile.exists(path):  # ram:// also lists assets.extra/* in assets/
+                tree[path[len(directory) + 1:]] = tf.io.gfile.stat(path).length
+    return tree
+
+
+@pytest.fixture(scope="module")
+def ram_export(reference, tmp_path_factory):
+    """An in-process export to ram:// (TF's in-memory filesystem, an object-store stand-in:
+    its directory renames are not atomic either), from an empty working directory.
+
+    Every copy is recorded, and when a saved_model.pb is copied, the files its directory
+    then holds. A stale staging directory, as an interrupted export leaves, is there first.
+    """
+    cwd = tmp_path_factory.mktemp("cwd")
+    export_dir = f"ram://{cwd.name}/export"
+    stale = f"{export_dir}/{export.STAGING_DIR}/serving/variables/variables.index"
+    tf.io.gfile.makedirs(files.dirname(stale))
+    tf.io.gfile.GFile(stale, "w").close()
+    copies, before_pb = [], {}
+    copy = files.copy
+
+    def recording_copy(src, dst):
+        copies.append(dst)
+        if files.basename(dst) == export.SAVED_MODEL_FILE:
+            before_pb[files.dirname(dst)] = _tree(files.dirname(dst))
+        return copy(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(files, "copy", recording_copy)
+        paths = export.export_model(*reference, export_dir, seq_length=SEQ_LENGTH)
+    return {"dir": export_dir, "paths": paths, "copies": copies, "before_pb": before_pb,
+            "listing": tf.io.gfile.listdir(export_dir), "cwd": os.listdir(cwd),
+            "trees": {kind: _tree(path) for kind, path in paths.items()}}
+
+
+@pytest.mark.slow
+def test_export_to_an_object_store_copies_saved_model_pb_last(ram_export):
+    assert ram_export["cwd"] == []  # nothing written locally
+    assert sorted(ram_export["listing"]) == ["encoder", "preprocessor", "serving"]  # staged away
+    assert ram_export["paths"]["serving"] == f"{ram_export['dir']}/serving/1"
+    for kind, path in ram_export["paths"].items():
+        tree = ram_export["trees"][kind]
+        assert {"saved_model.pb", "variables/variables.index"} <= set(tree), kind
+        into = [c for c in ram_export["copies"] if c.startswith(path + "/")]
+        assert len(into) == len(tree) and into[-1] == f"{path}/saved_model.pb", kind
+        # When saved_model.pb arrives, every other file is there, complete.
+        expected = {name: size for name, size in tree.items() if name != "saved_model.pb"}
+        assert ram_export["before_pb"][path] == expected, kind
+    assert export.WARMUP_FILE in ram_export["trees"]["serving"]
+
+
+@pytest.mark.slow
+def test_export_to_an_object_store_loads_in_process(ram_export, reference):
+    signature = tf.saved_model.load(ram_export["paths"]["serving"]).signatures["serving_default"]
+    np.testing.assert_allclose(signature(text=tf.constant(SENTENCES))["embeddings"].numpy(),
+                               _in_memory(reference, SENTENCES)["embedding"], atol=ATOL)
+
+
+@pytest.mark.slow
+def test_interrupted_export_leaves_no_loadable_version(ram_export, reference, monkeypatch):
+    copy = files.copy
+    broken = f"{ram_export['dir']}/serving/2/variables/variables.index"
+
+    def failing_copy(src, dst):
+        if dst == broken:
+            raise tf.errors.UnavailableError(None, None, "connection lost")
+        return copy(src, dst)
+
+    monkeypatch.setattr(files, "copy", failing_copy)
+    with pytest.raises(tf.errors.UnavailableError, match="connection lost"):
+        export.export_model(*reference, ram_export["dir"], seq_length=SEQ_LENGTH)
+    partial = _tree(f"{ram_export['dir']}/serving/2")
+    assert partial and "saved_model.pb" not in partial
+    with pytest.raises(OSError, match="SavedModel file does not exist"):
+        tf.saved_model.load(f"{ram_export['dir']}/serving/2")
+    assert _tree(ram_export["paths"]["serving"]) == ram_export["trees"]["serving"]  # untouched
+    assert export.next_version(f"{ram_export['dir']}/serving") == 3
