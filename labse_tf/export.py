@@ -7,13 +7,18 @@ r"""Exports a trained encoder as TF Hub and TF Serving SavedModels.
 What EXPORT_DIR holds:
 
     preprocessor/       TF Hub BERT preprocessor: strings → {input_word_ids, input_mask,
-                        input_type_ids}; .tokenize; .bert_pack_inputs(segments, seq_length)
+                        input_type_ids} (also as signature `serving_default`); .tokenize
+                        (.get_special_tokens_dict); .bert_pack_inputs(segments, seq_length)
     encoder/            TF Hub reusable SavedModel: __call__(inputs, training) → {default,
-                        pooled_output, sequence_output, encoder_outputs}; fine-tunable
+                        pooled_output, sequence_output, encoder_outputs}; fine-tunable;
+                        signature `serving_default` on the three id tensors; vocab_file,
+                        do_lower_case
     serving/<version>/  TF Serving: signature `serving_default`, text [batch] → embeddings
                         [batch, dim], with assets.extra/tf_serving_warmup_requests
 
-Every SavedModel here runs tensorflow-text ops: `import tensorflow_text` before loading.
+The preprocessor and serving models run tensorflow-text ops (`import tensorflow_text`
+before loading them); the encoder needs only TensorFlow. Each model's `serve` is its
+signature's function, `keras.layers.TFSMLayer`'s default endpoint.
 This file is the only place the TF Hub input names appear; the package uses keras-hub names.
 Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
 """
@@ -29,9 +34,9 @@ from labse_tf import checkpoints, files
 from labse_tf.model import INPUT_NAMES
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["HUB_INPUT_NAMES", "MODEL_NAME", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY",
-           "WARMUP_FILE", "HubEncoder", "HubPreprocessor", "ServingModel", "export_model",
-           "next_version"]
+__all__ = ["ENCODER_OUTPUTS", "HUB_INPUT_NAMES", "MODEL_NAME", "SAVED_MODEL_FILE",
+           "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR", "WARMUP_FILE",
+           "HubEncoder", "HubPreprocessor", "ServingModel", "export_model", "next_version"]
 
 FLAGS = flags.FLAGS
 
@@ -41,8 +46,11 @@ HUB_INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 _HUB_TO_KERAS_HUB = dict(zip(HUB_INPUT_NAMES, INPUT_NAMES))
 
 SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default"
+# The input of the serving and preprocessor signatures, and the serving model's output.
 SERVING_INPUT = "text"
 SERVING_OUTPUT = "embeddings"
+# What the encoder's signature returns, as TF Serving clients of BERT encoders read it.
+ENCODER_OUTPUTS = ("default", "pooled_output", "sequence_output")
 # The model name in export/models.config and in the warm-up requests.
 MODEL_NAME = "labse"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
@@ -57,6 +65,38 @@ _WARMUP_BATCHES = (
 )
 
 
+def _check_text(text: tf.Tensor) -> tf.Tensor:
+    """`text` if it is a `[batch]` vector, else an error naming both shapes, at run time.
+
+    A signature's input shape is not enforced: TF Serving (or a Python call) feeds whatever
+    shape a request has, and the tokenizer would flatten a `[2, 2]` batch into 4 sentences.
+    A rank check would be folded away (the graph "knows" the rank); EnsureShape is not.
+    """
+    return tf.ensure_shape(text, [None])
+
+
+class _Tokenizer(tf.Module):
+    """The preprocessor's `tokenize`: a callable with `get_special_tokens_dict()`, as in the
+    TF Hub BERT preprocessors."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        super().__init__(name="tokenize")
+        self.preprocessor = preprocessor
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, strings):
+        """`[batch]` strings → int32 wordpiece ids `[batch, (words), (pieces)]`."""
+        return self.preprocessor.tokenize(strings)
+
+    @tf.function(input_signature=[])
+    def get_special_tokens_dict(self):
+        """Scalar int32 ids under the TF Hub names: vocab_size, start_of_sequence_id ([CLS]),
+        end_of_segment_id ([SEP]), padding_id ([PAD]), mask_id ([MASK])."""
+        p = self.preprocessor
+        return {"vocab_size": p.vocab_size, "start_of_sequence_id": p.cls_id,
+                "end_of_segment_id": p.sep_id, "padding_id": p.pad_id, "mask_id": p.mask_id}
+
+
 class HubPreprocessor(tf.Module):
     """The TF Hub BERT preprocessor interface over a `Preprocessor`.
 
@@ -64,46 +104,60 @@ class HubPreprocessor(tf.Module):
     tokenization itself is the `Preprocessor`'s, so training and serving agree.
     """
 
-    def __init__(self, preprocessor: Preprocessor, seq_length: int):
+    def __init__(self, preprocessor: Preprocessor, seq_length: int, max_seq_length: int):
         """Traces the calls a TF Hub preprocessor offers.
 
         Args:
           preprocessor: Preprocessor. The run's tokenizer (holds the vocabulary asset).
           seq_length: int. Packed length of the root call and of `bert_pack_inputs` when
             called without `seq_length`.
+          max_seq_length: int. The encoder's max_sequence_length: the longest packing
+            `bert_pack_inputs` accepts.
         """
         super().__init__(name="preprocessor")
         self.preprocessor = preprocessor
+        self.tokenize = _Tokenizer(preprocessor)
         self.seq_length = seq_length
-        ragged = tf.RaggedTensorSpec([None, None, None], tf.int32)
-        for num_segments in (1, 2):
-            segments = [ragged] * num_segments
-            self.bert_pack_inputs.get_concrete_function(segments)
-            self.bert_pack_inputs.get_concrete_function(segments, tf.TensorSpec([], tf.int32))
+        self.max_seq_length = max_seq_length
+        # Segments as `tokenize` returns them, or with words merged (`.merge_dims(-2, -1)`).
+        for rank in (2, 3):
+            for num_segments in (1, 2):
+                segments = [tf.RaggedTensorSpec([None] * rank, tf.int32)] * num_segments
+                self.bert_pack_inputs.get_concrete_function(segments)
+                self.bert_pack_inputs.get_concrete_function(segments,
+                                                            tf.TensorSpec([], tf.int32))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def __call__(self, strings):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def __call__(self, text):
         """`[batch]` strings → int32 `[batch, seq_length]` packed inputs (Hub names)."""
-        return self.bert_pack_inputs([self.tokenize(strings)])
+        return self.bert_pack_inputs([self.tokenize(_check_text(text))])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def tokenize(self, strings):
-        """`[batch]` strings → int32 wordpiece ids `[batch, (words), (pieces)]`."""
-        return self.preprocessor.tokenize(strings)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(self, text):
+        """The root call as the `serving_default` signature and `keras.layers.TFSMLayer`'s
+        default endpoint."""
+        return self(text)
 
     @tf.function
     def bert_pack_inputs(self, segments, seq_length=None):
         """One or two tokenized segments → `[CLS] a [SEP] (b [SEP])`, truncated round-robin.
 
         Args:
-          segments: list of 1 or 2 int32 tf.RaggedTensor `[batch, (words), (pieces)]`.
-          seq_length: scalar int32 tensor. Packed length; default the export's seq_length.
+          segments: list of 1 or 2 int32 tf.RaggedTensor, `[batch, (words), (pieces)]` as
+            `tokenize` returns them or `[batch, (pieces)]`.
+          seq_length: scalar int32 tensor. Packed length, at most the encoder's
+            max_sequence_length (else an error naming both); default the export's.
 
         Returns:
           dict of int32 `[batch, seq_length]`: input_word_ids, input_mask, input_type_ids.
         """
-        packed = self.preprocessor.bert_pack_inputs(
-            segments, self.seq_length if seq_length is None else seq_length)
+        seq_length = self.seq_length if seq_length is None else seq_length
+        # Here, not in the encoder: its position table ends at max_seq_length.
+        ok = tf.debugging.Assert(seq_length <= self.max_seq_length, [tf.strings.format(
+            "bert_pack_inputs: seq_length={} is more than the encoder accepts "
+            f"(max_sequence_length={self.max_seq_length})", [seq_length])])
+        with tf.control_dependencies([ok]):
+            packed = self.preprocessor.bert_pack_inputs(segments, tf.identity(seq_length))
         return {hub: packed[name] for hub, name in _HUB_TO_KERAS_HUB.items()}
 
 
@@ -119,13 +173,16 @@ class HubEncoder(tf.train.Checkpoint):
       trainable_variables: list of tf.Variable. What fine-tuning updates.
       regularization_losses: list. Empty: the encoder has no weight regularisers (weight
         decay, if any, lives in the training optimizer).
+      vocab_file: tf.saved_model.Asset. The vocabulary, as LaBSE's TF Hub encoder has it.
+      do_lower_case: tf.Variable. bool, not trainable: whether the tokenizer case-folds.
     """
 
-    def __init__(self, encoder: keras.Model):
+    def __init__(self, encoder: keras.Model, preprocessor: Preprocessor):
         """Traces `__call__` for training=False and training=True.
 
         Args:
           encoder: keras.Model. From model.build_encoder (any precision).
+          preprocessor: Preprocessor. Its vocabulary and casing are attached.
         """
         super().__init__()
         # A closure, so the Keras model itself is not tracked and saved: only its variables.
@@ -134,6 +191,9 @@ class HubEncoder(tf.train.Checkpoint):
         self.variables = [v.value for v in encoder.variables]
         self.trainable_variables = [v.value for v in encoder.trainable_variables]
         self.regularization_losses = []
+        self.vocab_file = preprocessor.vocab_file
+        self.do_lower_case = tf.Variable(preprocessor.lowercase, trainable=False,
+                                         name="do_lower_case")
         spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in HUB_INPUT_NAMES}
         for training in (False, True):
             self.__call__.get_concrete_function(spec, training=training)
@@ -167,6 +227,19 @@ class HubEncoder(tf.train.Checkpoint):
                 "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
                 "encoder_outputs": [tf.cast(x, tf.float32) for x in outputs["encoder_outputs"]]}
 
+    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32, name=name)
+                                   for name in HUB_INPUT_NAMES}])
+    def serve(self, inputs):
+        """Inference for TF Serving (`serving_default`, the inputs by name) and for
+        `keras.layers.TFSMLayer` (its default endpoint, the inputs as one dict).
+
+        Returns:
+          dict of float32: ENCODER_OUTPUTS (a signature cannot return the list
+          `encoder_outputs`).
+        """
+        outputs = self(inputs, training=False)
+        return {name: outputs[name] for name in ENCODER_OUTPUTS}
+
 
 def _check_inputs(inputs) -> None:
     """Raises a TypeError naming the expected and actual keys, dtype and rank."""
@@ -191,7 +264,8 @@ class ServingModel(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve(self, text):
-        """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}."""
+        """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}; another
+        rank is an error naming its shape."""
         return {SERVING_OUTPUT: self.encoder(self.preprocessor(text), training=False)["default"]}
 
 
@@ -288,14 +362,16 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
     if files.exists(paths["serving"]):
         raise FileExistsError(f"{paths['serving']}: serving version {version} exists; "
                               "choose another version or leave it to the default")
-    hub_preprocessor = HubPreprocessor(preprocessor, seq_length)
-    hub_encoder = HubEncoder(encoder)
+    hub_preprocessor = HubPreprocessor(preprocessor, seq_length, max_length)
+    hub_encoder = HubEncoder(encoder, preprocessor)
     serving = ServingModel(hub_preprocessor, hub_encoder)
     staging_dir = files.join(export_dir, STAGING_DIR)
     files.rmtree(staging_dir)  # what an interrupted export left
     staging = {kind: files.join(staging_dir, kind) for kind in paths}
-    tf.saved_model.save(hub_preprocessor, staging["preprocessor"])
-    tf.saved_model.save(hub_encoder, staging["encoder"])
+    tf.saved_model.save(hub_preprocessor, staging["preprocessor"],
+                        signatures={SIGNATURE_KEY: hub_preprocessor.serve})
+    tf.saved_model.save(hub_encoder, staging["encoder"],
+                        signatures={SIGNATURE_KEY: hub_encoder.serve})
     tf.saved_model.save(serving, staging["serving"], signatures={SIGNATURE_KEY: serving.serve})
     _write_warmup(files.join(staging["serving"], WARMUP_FILE))
     for kind, path in paths.items():
