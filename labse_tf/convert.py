@@ -587,7 +587,8 @@ def main(argv):
         convert(FLAGS["from"].value, FLAGS.source, FLAGS.output, vocab=FLAGS.vocab,
                 lowercase=FLAGS.lowercase, seq_length=FLAGS.seq_length,
                 log=lambda msg: print(msg, flush=True))
-    except (ValueError, OSError) as e:  # ConversionError, ConfigError, a bad vocabulary, ...
+    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
+    except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

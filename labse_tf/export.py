@@ -404,7 +404,7 @@ def main(argv):
         paths = export_model(preprocessor, encoder,
                              FLAGS.export_dir or files.join(FLAGS.model_dir, "export"),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, tf.errors.OpError) as e:  # OpError: gs:// and the like
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")

@@ -199,7 +199,8 @@ def main(argv):
         prune(FLAGS.model_dir, FLAGS.corpus, FLAGS.output, keep_langs=FLAGS.keep_langs,
               min_count=FLAGS.min_count, checkpoint=FLAGS.checkpoint,
               batch_size=FLAGS.batch_size, log=lambda msg: print(msg, flush=True))
-    except (ValueError, OSError) as e:  # DataError, a bad model directory, an existing output
+    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
+    except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
