@@ -31,7 +31,11 @@ __all__ = [
     "write_config",
 ]
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The named configs: installed as labse_tf/configs (setup.cfg maps them there), and in a
+# source checkout (or an editable install) the top-level configs/ folder.
+_INSTALLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = (_INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else
+              os.path.join(os.path.dirname(os.path.dirname(_INSTALLED_CONFIGS)), "configs"))
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "cosine", "constant")
 POOLINGS = ("cls", "mean")

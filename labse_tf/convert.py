@@ -5,7 +5,7 @@ r"""Imports released BERT / LaBSE weights into a labse_tf model directory.
         --output=runs/labse
     python -m labse_tf.convert --from=hf --source=HF_MODEL_DIR --output=runs/labse
 
-Sources (local paths only; nothing is downloaded):
+Sources (local paths or URLs such as gs://...; nothing is fetched from TF Hub or Hugging Face):
   tfhub   a TF Hub encoder SavedModel in tf-models-official's BertEncoder variable layout
           (LaBSE v1/v2, LEALLA, the BERT encoders). The vocabulary is the SavedModel's own
           asset, or --vocab: a vocab file or the matching preprocessor SavedModel directory.
@@ -32,10 +32,8 @@ LaBSE v2's `default` output is not normalised, so normalise it before comparing.
 
 import dataclasses
 import functools
-import glob
 import json
 import math
-import os
 import re
 import struct
 import sys
@@ -47,7 +45,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from labse_tf import checkpoints, config as config_lib
+from labse_tf import checkpoints, config as config_lib, files
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import SPECIAL_TOKENS, read_vocab
 
@@ -197,7 +195,9 @@ def read_checkpoint(prefix: str) -> dict:
     differs between BertEncoder versions; the variable names do not. Optimizer state is
     skipped.
     """
-    reader = tf.train.load_checkpoint(prefix)
+    # Not tf.train.load_checkpoint, which first asks whether `prefix` is a directory: TF's
+    # ram:// (the tests' stand-in for gs://) says yes to any prefix of a file's name.
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
         reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     shapes = reader.get_variable_to_shape_map()
@@ -220,10 +220,12 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", 
                        "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
-def _decode_safetensor(path, data, begin, end, dtype, shape) -> np.ndarray:
+def _read_safetensor(path, offset, length, dtype, shape) -> np.ndarray:
     if dtype not in _SAFETENSORS_DTYPES:
         raise ConversionError(f"{path}: unsupported safetensors dtype {dtype}")
-    raw = data[begin:end].view(_SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    with files.open_file(path, "rb") as f:
+        f.seek(offset)
+        raw = np.frombuffer(f.read(length), _SAFETENSORS_DTYPES[dtype]).reshape(shape)
     if dtype == "BF16":  # bfloat16 is the top half of a float32
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw
@@ -231,16 +233,17 @@ def _decode_safetensor(path, data, begin, end, dtype, shape) -> np.ndarray:
 
 def read_safetensors(path: str) -> dict:
     """The tensors of a .safetensors file: an 8-byte little-endian header length, a JSON
-    header {name: {dtype, shape, data_offsets}}, then the raw bytes (memory-mapped here)."""
-    with open(path, "rb") as f:
+    header {name: {dtype, shape, data_offsets}}, then the raw bytes (each tensor's range is
+    read when it is loaded)."""
+    with files.open_file(path, "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         try:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConversionError(f"{path}: not a safetensors file (bad header: {e})") from None
-    data = np.memmap(path, np.uint8, mode="r", offset=8 + size)
     return {name: Tensor(tuple(info["shape"]), functools.partial(
-                _decode_safetensor, path, data, *info["data_offsets"], info["dtype"],
+                _read_safetensor, path, 8 + size + info["data_offsets"][0],
+                info["data_offsets"][1] - info["data_offsets"][0], info["dtype"],
                 tuple(info["shape"])))
             for name, info in header.items() if name != "__metadata__"}
 
@@ -261,7 +264,7 @@ def _h5_to_torch_name(name: str) -> tuple[str, bool]:
 
 
 def _read_h5_dataset(path: str, name: str, transpose: bool) -> np.ndarray:
-    with h5py.File(path, "r") as f:
+    with files.open_file(path, "rb") as raw, h5py.File(raw, "r") as f:
         value = f[name][()]
     return value.T if transpose else value
 
@@ -269,7 +272,7 @@ def _read_h5_dataset(path: str, name: str, transpose: bool) -> np.ndarray:
 def read_h5(path: str) -> dict:
     """The weights of a Hugging Face `tf_model.h5`, under their PyTorch names and layout."""
     names = []
-    with h5py.File(path, "r") as f:
+    with files.open_file(path, "rb") as raw, h5py.File(raw, "r") as f:
         f.visititems(lambda name, obj: names.append((name, obj.shape))
                      if isinstance(obj, h5py.Dataset) else None)
     tensors = {}
@@ -325,21 +328,21 @@ def _bert_layout_shape(tensors: dict, where: str) -> dict:
 
 def _vocab_from(path: str) -> tuple[list, str]:
     """Tokens from a vocab file, or from the one .txt asset of a SavedModel directory."""
-    if os.path.isdir(path):
-        assets = sorted(glob.glob(os.path.join(path, "assets", "*.txt")))
+    if files.isdir(path):
+        assets = files.glob(files.join(path, "assets", "*.txt"))
         if len(assets) != 1:
             raise ConversionError(f"{path}: expected one vocabulary (.txt) in assets/, found "
-                                  f"{[os.path.basename(a) for a in assets]}; pass --vocab=FILE")
+                                  f"{[files.basename(a) for a in assets]}; pass --vocab=FILE")
         path = assets[0]
-    if not os.path.isfile(path):
+    if not files.exists(path):
         raise ConversionError(f"{path}: no such vocabulary file")
     return read_vocab(path), path
 
 
 def _read_tfhub(path: str, vocab: str | None) -> Source:
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+    if not files.exists(files.join(path, "saved_model.pb")):
         raise ConversionError(f"{path}: not a SavedModel directory (no saved_model.pb)")
-    tensors = read_checkpoint(os.path.join(path, "variables", "variables"))
+    tensors = read_checkpoint(files.join(path, "variables", "variables"))
     encoder, ignored = _split_encoder(tensors, _BERT_ROOTS, "/", path)
     shape = _bert_layout_shape(encoder, path)
     tokens, vocab_file = _vocab_from(vocab or path)
@@ -354,8 +357,8 @@ def _read_tfhub(path: str, vocab: str | None) -> Source:
 def _read_garden(path: str, vocab: str | None) -> Source:
     if not vocab:
         raise ConversionError("--from=garden needs --vocab (a checkpoint holds no vocabulary)")
-    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
-    if not prefix or not tf.io.gfile.glob(prefix + ".index"):
+    prefix = tf.train.latest_checkpoint(path) if files.isdir(path) else path
+    if not prefix or not files.exists(prefix + ".index"):
         raise ConversionError(f"{path}: no checkpoint (expected a prefix with a .index file, "
                               "or a directory with a `checkpoint` file)")
     encoder, ignored = _split_encoder(read_checkpoint(prefix), _BERT_ROOTS, "/", prefix)
@@ -366,33 +369,31 @@ def _read_garden(path: str, vocab: str | None) -> Source:
 
 
 def _hf_weights(path: str) -> tuple[dict, str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    index = files.join(path, "model.safetensors.index.json")
+    if files.exists(index):
+        shards = sorted(set(files.read_json(index)["weight_map"].values()))
         tensors = {}
         for shard in shards:
-            tensors.update(read_safetensors(os.path.join(path, shard)))
+            tensors.update(read_safetensors(files.join(path, shard)))
         return tensors, index
     for name, reader in (("model.safetensors", read_safetensors), ("tf_model.h5", read_h5)):
-        if os.path.exists(os.path.join(path, name)):
-            return reader(os.path.join(path, name)), os.path.join(path, name)
+        if files.exists(files.join(path, name)):
+            return reader(files.join(path, name)), files.join(path, name)
     raise ConversionError(f"{path}: no model.safetensors, model.safetensors.index.json or "
                           "tf_model.h5 (PyTorch .bin files need torch; save the model with "
                           "safe_serialization=True)")
 
 
 def _read_json(path: str, required: bool = True) -> dict:
-    if not os.path.exists(path):
+    if not files.exists(path):
         if required:
             raise ConversionError(f"{path}: no such file")
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return files.read_json(path)
 
 
 def _read_hf(path: str, vocab: str | None) -> Source:
-    config_file = os.path.join(path, "config.json")
+    config_file = files.join(path, "config.json")
     config = _read_json(config_file)
 
     def field(key, default=None):
@@ -427,8 +428,8 @@ def _read_hf(path: str, vocab: str | None) -> Source:
     weights, weights_file = _hf_weights(path)
     weights = {k: v for k, v in weights.items() if not k.endswith(_HF_BUFFERS)}
     encoder, ignored = _split_encoder(weights, _HF_ROOTS, ".", weights_file)
-    tokens, vocab_file = _vocab_from(vocab or os.path.join(path, "vocab.txt"))
-    lowercase = _read_json(os.path.join(path, "tokenizer_config.json"), False).get("do_lower_case")
+    tokens, vocab_file = _vocab_from(vocab or files.join(path, "vocab.txt"))
+    lowercase = _read_json(files.join(path, "tokenizer_config.json"), False).get("do_lower_case")
     model = {"vocab_size": field("vocab_size"), "hidden_dim": field("hidden_size"),
              "num_layers": field("num_hidden_layers"), "num_heads": field("num_attention_heads"),
              "intermediate_dim": field("intermediate_size"),
@@ -450,7 +451,7 @@ def read_source(kind: str, path: str, vocab: str | None = None) -> Source:
     readers = {"tfhub": _read_tfhub, "garden": _read_garden, "hf": _read_hf}
     if kind not in readers:
         raise ConversionError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
-    if not os.path.exists(path) and not tf.io.gfile.glob(path + ".index"):
+    if not files.exists(path) and not files.exists(path + ".index"):
         raise ConversionError(f"{path}: no such file or directory")
     return readers[kind](path, vocab)
 
@@ -554,7 +555,8 @@ def convert(kind: str, path: str, output: str, *, vocab: str | None = None,
         log(f"  skipped (outside the encoder): {_listing(source.ignored)}")
     for note in notes:
         log(f"  note: {note}")
-    log(f"wrote {output} (config.yaml, vocab.txt, {os.path.relpath(checkpoint, output)})")
+    log(f"wrote {output} (config.yaml, vocab.txt, "
+        f"{checkpoints.CHECKPOINT_DIR}/{files.basename(checkpoint)})")
     return {"checkpoint": checkpoint, "config": dataclasses.asdict(m), "lowercase": lowercase,
             "parameters": encoder.count_params(), "notes": notes, "ignored": source.ignored}
 
@@ -564,7 +566,7 @@ def define_flags():
                       "garden (tf-models-official checkpoint) or hf (Hugging Face BertModel "
                       "directory).")
     flags.DEFINE_string("source", None, "The source: SavedModel directory, checkpoint prefix "
-                        "or directory, or Hugging Face model directory (local paths only).")
+                        "or directory, or Hugging Face model directory (a local path or a URL).")
     flags.DEFINE_string("output", None, "The labse_tf model directory to write (new).")
     flags.DEFINE_string("vocab", None, "Vocabulary file, or a SavedModel directory with it in "
                         "assets/ (e.g. the TF Hub preprocessor); required for garden, default "
@@ -585,7 +587,8 @@ def main(argv):
         convert(FLAGS["from"].value, FLAGS.source, FLAGS.output, vocab=FLAGS.vocab,
                 lowercase=FLAGS.lowercase, seq_length=FLAGS.seq_length,
                 log=lambda msg: print(msg, flush=True))
-    except (ValueError, OSError) as e:  # ConversionError, ConfigError, a bad vocabulary, ...
+    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
+    except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

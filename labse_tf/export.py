@@ -7,18 +7,22 @@ r"""Exports a trained encoder as TF Hub and TF Serving SavedModels.
 What EXPORT_DIR holds:
 
     preprocessor/       TF Hub BERT preprocessor: strings → {input_word_ids, input_mask,
-                        input_type_ids}; .tokenize; .bert_pack_inputs(segments, seq_length)
+                        input_type_ids} (also as signature `serving_default`); .tokenize
+                        (.get_special_tokens_dict); .bert_pack_inputs(segments, seq_length)
     encoder/            TF Hub reusable SavedModel: __call__(inputs, training) → {default,
-                        pooled_output, sequence_output, encoder_outputs}; fine-tunable
+                        pooled_output, sequence_output, encoder_outputs}; fine-tunable;
+                        signature `serving_default` on the three id tensors; vocab_file,
+                        do_lower_case
     serving/<version>/  TF Serving: signature `serving_default`, text [batch] → embeddings
                         [batch, dim], with assets.extra/tf_serving_warmup_requests
 
-Every SavedModel here runs tensorflow-text ops: `import tensorflow_text` before loading.
+The preprocessor and serving models run tensorflow-text ops (`import tensorflow_text`
+before loading them); the encoder needs only TensorFlow. Each model's `serve` is its
+signature's function, `keras.layers.TFSMLayer`'s default endpoint.
 This file is the only place the TF Hub input names appear; the package uses keras-hub names.
 Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
 """
 
-import os
 import sys
 
 import keras
@@ -26,13 +30,13 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from labse_tf import checkpoints
+from labse_tf import checkpoints, files
 from labse_tf.model import INPUT_NAMES
 from labse_tf.preprocessing import Preprocessor
 
-__all__ = ["HUB_INPUT_NAMES", "MODEL_NAME", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY",
-           "WARMUP_FILE", "HubEncoder", "HubPreprocessor", "ServingModel", "export_model",
-           "next_version"]
+__all__ = ["ENCODER_OUTPUTS", "HUB_INPUT_NAMES", "MODEL_NAME", "SAVED_MODEL_FILE",
+           "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR", "WARMUP_FILE",
+           "HubEncoder", "HubPreprocessor", "ServingModel", "export_model", "next_version"]
 
 FLAGS = flags.FLAGS
 
@@ -42,16 +46,55 @@ HUB_INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 _HUB_TO_KERAS_HUB = dict(zip(HUB_INPUT_NAMES, INPUT_NAMES))
 
 SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default"
+# The input of the serving and preprocessor signatures, and the serving model's output.
 SERVING_INPUT = "text"
 SERVING_OUTPUT = "embeddings"
+# What the encoder's signature returns, as TF Serving clients of BERT encoders read it.
+ENCODER_OUTPUTS = ("default", "pooled_output", "sequence_output")
 # The model name in export/models.config and in the warm-up requests.
 MODEL_NAME = "labse"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+# TF Serving loads a version directory only once this file is in it.
+SAVED_MODEL_FILE = "saved_model.pb"
+# Under EXPORT_DIR: where the models are written before they are published.
+STAGING_DIR = ".staging"
 # Warm-up batches of size 1 and 4: short, empty and long inputs, several scripts.
 _WARMUP_BATCHES = (
     ("Hello world.",),
     ("How are you?", "", "Wie geht es dir?", "Это длинное предложение. " * 40),
 )
+
+
+def _check_text(text: tf.Tensor) -> tf.Tensor:
+    """`text` if it is a `[batch]` vector, else an error naming both shapes, at run time.
+
+    A signature's input shape is not enforced: TF Serving (or a Python call) feeds whatever
+    shape a request has, and the tokenizer would flatten a `[2, 2]` batch into 4 sentences.
+    A rank check would be folded away (the graph "knows" the rank); EnsureShape is not.
+    """
+    return tf.ensure_shape(text, [None])
+
+
+class _Tokenizer(tf.Module):
+    """The preprocessor's `tokenize`: a callable with `get_special_tokens_dict()`, as in the
+    TF Hub BERT preprocessors."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        super().__init__(name="tokenize")
+        self.preprocessor = preprocessor
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, strings):
+        """`[batch]` strings → int32 wordpiece ids `[batch, (words), (pieces)]`."""
+        return self.preprocessor.tokenize(strings)
+
+    @tf.function(input_signature=[])
+    def get_special_tokens_dict(self):
+        """Scalar int32 ids under the TF Hub names: vocab_size, start_of_sequence_id ([CLS]),
+        end_of_segment_id ([SEP]), padding_id ([PAD]), mask_id ([MASK])."""
+        p = self.preprocessor
+        return {"vocab_size": p.vocab_size, "start_of_sequence_id": p.cls_id,
+                "end_of_segment_id": p.sep_id, "padding_id": p.pad_id, "mask_id": p.mask_id}
 
 
 class HubPreprocessor(tf.Module):
@@ -61,46 +104,60 @@ class HubPreprocessor(tf.Module):
     tokenization itself is the `Preprocessor`'s, so training and serving agree.
     """
 
-    def __init__(self, preprocessor: Preprocessor, seq_length: int):
+    def __init__(self, preprocessor: Preprocessor, seq_length: int, max_seq_length: int):
         """Traces the calls a TF Hub preprocessor offers.
 
         Args:
           preprocessor: Preprocessor. The run's tokenizer (holds the vocabulary asset).
           seq_length: int. Packed length of the root call and of `bert_pack_inputs` when
             called without `seq_length`.
+          max_seq_length: int. The encoder's max_sequence_length: the longest packing
+            `bert_pack_inputs` accepts.
         """
         super().__init__(name="preprocessor")
         self.preprocessor = preprocessor
+        self.tokenize = _Tokenizer(preprocessor)
         self.seq_length = seq_length
-        ragged = tf.RaggedTensorSpec([None, None, None], tf.int32)
-        for num_segments in (1, 2):
-            segments = [ragged] * num_segments
-            self.bert_pack_inputs.get_concrete_function(segments)
-            self.bert_pack_inputs.get_concrete_function(segments, tf.TensorSpec([], tf.int32))
+        self.max_seq_length = max_seq_length
+        # Segments as `tokenize` returns them, or with words merged (`.merge_dims(-2, -1)`).
+        for rank in (2, 3):
+            for num_segments in (1, 2):
+                segments = [tf.RaggedTensorSpec([None] * rank, tf.int32)] * num_segments
+                self.bert_pack_inputs.get_concrete_function(segments)
+                self.bert_pack_inputs.get_concrete_function(segments,
+                                                            tf.TensorSpec([], tf.int32))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def __call__(self, strings):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def __call__(self, text):
         """`[batch]` strings → int32 `[batch, seq_length]` packed inputs (Hub names)."""
-        return self.bert_pack_inputs([self.tokenize(strings)])
+        return self.bert_pack_inputs([self.tokenize(_check_text(text))])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def tokenize(self, strings):
-        """`[batch]` strings → int32 wordpiece ids `[batch, (words), (pieces)]`."""
-        return self.preprocessor.tokenize(strings)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(self, text):
+        """The root call as the `serving_default` signature and `keras.layers.TFSMLayer`'s
+        default endpoint."""
+        return self(text)
 
     @tf.function
     def bert_pack_inputs(self, segments, seq_length=None):
         """One or two tokenized segments → `[CLS] a [SEP] (b [SEP])`, truncated round-robin.
 
         Args:
-          segments: list of 1 or 2 int32 tf.RaggedTensor `[batch, (words), (pieces)]`.
-          seq_length: scalar int32 tensor. Packed length; default the export's seq_length.
+          segments: list of 1 or 2 int32 tf.RaggedTensor, `[batch, (words), (pieces)]` as
+            `tokenize` returns them or `[batch, (pieces)]`.
+          seq_length: scalar int32 tensor. Packed length, at most the encoder's
+            max_sequence_length (else an error naming both); default the export's.
 
         Returns:
           dict of int32 `[batch, seq_length]`: input_word_ids, input_mask, input_type_ids.
         """
-        packed = self.preprocessor.bert_pack_inputs(
-            segments, self.seq_length if seq_length is None else seq_length)
+        seq_length = self.seq_length if seq_length is None else seq_length
+        # Here, not in the encoder: its position table ends at max_seq_length.
+        ok = tf.debugging.Assert(seq_length <= self.max_seq_length, [tf.strings.format(
+            "bert_pack_inputs: seq_length={} is more than the encoder accepts "
+            f"(max_sequence_length={self.max_seq_length})", [seq_length])])
+        with tf.control_dependencies([ok]):
+            packed = self.preprocessor.bert_pack_inputs(segments, tf.identity(seq_length))
         return {hub: packed[name] for hub, name in _HUB_TO_KERAS_HUB.items()}
 
 
@@ -116,13 +173,16 @@ class HubEncoder(tf.train.Checkpoint):
       trainable_variables: list of tf.Variable. What fine-tuning updates.
       regularization_losses: list. Empty: the encoder has no weight regularisers (weight
         decay, if any, lives in the training optimizer).
+      vocab_file: tf.saved_model.Asset. The vocabulary, as LaBSE's TF Hub encoder has it.
+      do_lower_case: tf.Variable. bool, not trainable: whether the tokenizer case-folds.
     """
 
-    def __init__(self, encoder: keras.Model):
+    def __init__(self, encoder: keras.Model, preprocessor: Preprocessor):
         """Traces `__call__` for training=False and training=True.
 
         Args:
           encoder: keras.Model. From model.build_encoder (any precision).
+          preprocessor: Preprocessor. Its vocabulary and casing are attached.
         """
         super().__init__()
         # A closure, so the Keras model itself is not tracked and saved: only its variables.
@@ -131,6 +191,9 @@ class HubEncoder(tf.train.Checkpoint):
         self.variables = [v.value for v in encoder.variables]
         self.trainable_variables = [v.value for v in encoder.trainable_variables]
         self.regularization_losses = []
+        self.vocab_file = preprocessor.vocab_file
+        self.do_lower_case = tf.Variable(preprocessor.lowercase, trainable=False,
+                                         name="do_lower_case")
         spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in HUB_INPUT_NAMES}
         for training in (False, True):
             self.__call__.get_concrete_function(spec, training=training)
@@ -164,6 +227,19 @@ class HubEncoder(tf.train.Checkpoint):
                 "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
                 "encoder_outputs": [tf.cast(x, tf.float32) for x in outputs["encoder_outputs"]]}
 
+    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32, name=name)
+                                   for name in HUB_INPUT_NAMES}])
+    def serve(self, inputs):
+        """Inference for TF Serving (`serving_default`, the inputs by name) and for
+        `keras.layers.TFSMLayer` (its default endpoint, the inputs as one dict).
+
+        Returns:
+          dict of float32: ENCODER_OUTPUTS (a signature cannot return the list
+          `encoder_outputs`).
+        """
+        outputs = self(inputs, training=False)
+        return {name: outputs[name] for name in ENCODER_OUTPUTS}
+
 
 def _check_inputs(inputs) -> None:
     """Raises a TypeError naming the expected and actual keys, dtype and rank."""
@@ -188,7 +264,8 @@ class ServingModel(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve(self, text):
-        """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}."""
+        """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}; another
+        rank is an error naming its shape."""
         return {SERVING_OUTPUT: self.encoder(self.preprocessor(text), training=False)["default"]}
 
 
@@ -197,15 +274,15 @@ def next_version(serving_dir: str) -> int:
 
     TF Serving serves the highest version by default, so a new export takes over.
     """
-    if not tf.io.gfile.isdir(serving_dir):
+    if not files.isdir(serving_dir):
         return 1
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir)]
-    return max((int(name) for name in names if name.isdigit()), default=0) + 1
+    return max((int(name) for name in files.listdir(serving_dir) if name.isdigit()),
+               default=0) + 1
 
 
 def _write_warmup(path: str) -> None:
     """Writes TF Serving warm-up requests: PredictionLog records in a TFRecord file."""
-    tf.io.gfile.makedirs(os.path.dirname(path))
+    files.makedirs(files.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for batch in _WARMUP_BATCHES:
             request = predict_pb2.PredictRequest(
@@ -216,30 +293,53 @@ def _write_warmup(path: str) -> None:
             writer.write(log.SerializeToString())
 
 
-def _save(obj, path: str, signatures=None, warmup: bool = False) -> None:
-    """Saves into a temporary sibling, then moves it to `path` (replacing an old export).
+def _files_under(directory: str) -> list[str]:
+    """Every file below `directory`, as `/`-joined paths relative to it."""
+    found = []
+    for name in files.listdir(directory):
+        path = files.join(directory, name)
+        if files.isdir(path):
+            found += [f"{name}/{sub}" for sub in _files_under(path)]
+        elif files.exists(path):  # TF's ram:// also lists assets.extra's tail in assets/
+            found.append(name)
+    return found
 
-    A model server watching the parent directory never sees a half-written version: the
-    temporary name is not an integer.
+
+def _publish(staging: str, path: str) -> None:
+    """Moves a complete SavedModel from `staging` to `path`, replacing what is there.
+
+    TF Serving's poller aspires every integer-named directory it lists, whatever it holds,
+    and its loader refuses (and later retries) one without saved_model.pb. A local
+    directory rename is atomic. On an object store a directory exists as soon as its first
+    object does, and a rename copies object by object, so a poller could load a version
+    whose variables are still being copied: there the files are copied with saved_model.pb
+    last (each object appears whole), and an old model loses its saved_model.pb first.
     """
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    for old in (tmp, path):
-        if tf.io.gfile.exists(old):
-            tf.io.gfile.rmtree(old)
-    tf.saved_model.save(obj, tmp, signatures=signatures)
-    if warmup:
-        _write_warmup(os.path.join(tmp, WARMUP_FILE))
-    tf.io.gfile.rename(tmp, path)
+    if files.exists(path):
+        files.remove(files.join(path, SAVED_MODEL_FILE))
+        files.rmtree(path)
+    if not files.is_url(path):
+        files.makedirs(files.dirname(path))
+        files.rename(staging, path)
+        return
+    for name in sorted(_files_under(staging), key=lambda name: name == SAVED_MODEL_FILE):
+        files.copy(files.join(staging, name), files.join(path, name))
+    files.rmtree(staging)
 
 
 def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: str, *,
                  seq_length: int, version: int | None = None) -> dict[str, str]:
     """Writes the preprocessor, encoder and serving SavedModels.
 
+    Each is saved under EXPORT_DIR/.staging first, then published (see `_publish`), so a
+    model server never loads a half-written version, on a local disk or on GCS. An
+    interrupted export leaves EXPORT_DIR/.staging (removed by the next export) and at
+    worst a serving version without saved_model.pb, which never loads.
+
     Args:
       preprocessor: Preprocessor. The tokenizer the encoder was trained with.
       encoder: keras.Model. From model.build_encoder, trained.
-      export_dir: str. Output directory (local or any tf.io.gfile path).
+      export_dir: str. Output directory, local or a URL (`gs://...`).
       seq_length: int. Default packed length of the preprocessor and of serving; at most
         the encoder's max_sequence_length.
       version: int. Serving version directory; default `next_version(EXPORT_DIR/serving)`.
@@ -252,22 +352,31 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
     if not 3 <= seq_length <= max_length:
         raise ValueError(f"seq_length must be in [3, {max_length}] (the encoder's "
                          f"max_sequence_length), got {seq_length}")
-    serving_dir = os.path.join(export_dir, "serving")
+    serving_dir = files.join(export_dir, "serving")
     version = next_version(serving_dir) if version is None else version
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
-    paths = {"preprocessor": os.path.join(export_dir, "preprocessor"),
-             "encoder": os.path.join(export_dir, "encoder"),
-             "serving": os.path.join(serving_dir, str(version))}
-    if tf.io.gfile.exists(paths["serving"]):
+    paths = {"preprocessor": files.join(export_dir, "preprocessor"),
+             "encoder": files.join(export_dir, "encoder"),
+             "serving": files.join(serving_dir, str(version))}
+    if files.exists(paths["serving"]):
         raise FileExistsError(f"{paths['serving']}: serving version {version} exists; "
                               "choose another version or leave it to the default")
-    hub_preprocessor = HubPreprocessor(preprocessor, seq_length)
-    hub_encoder = HubEncoder(encoder)
+    hub_preprocessor = HubPreprocessor(preprocessor, seq_length, max_length)
+    hub_encoder = HubEncoder(encoder, preprocessor)
     serving = ServingModel(hub_preprocessor, hub_encoder)
-    _save(hub_preprocessor, paths["preprocessor"])
-    _save(hub_encoder, paths["encoder"])
-    _save(serving, paths["serving"], signatures={SIGNATURE_KEY: serving.serve}, warmup=True)
+    staging_dir = files.join(export_dir, STAGING_DIR)
+    files.rmtree(staging_dir)  # what an interrupted export left
+    staging = {kind: files.join(staging_dir, kind) for kind in paths}
+    tf.saved_model.save(hub_preprocessor, staging["preprocessor"],
+                        signatures={SIGNATURE_KEY: hub_preprocessor.serve})
+    tf.saved_model.save(hub_encoder, staging["encoder"],
+                        signatures={SIGNATURE_KEY: hub_encoder.serve})
+    tf.saved_model.save(serving, staging["serving"], signatures={SIGNATURE_KEY: serving.serve})
+    _write_warmup(files.join(staging["serving"], WARMUP_FILE))
+    for kind, path in paths.items():
+        _publish(staging[kind], path)
+    files.rmtree(staging_dir)
     return paths
 
 
@@ -293,9 +402,9 @@ def main(argv):
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
         paths = export_model(preprocessor, encoder,
-                             FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"),
+                             FLAGS.export_dir or files.join(FLAGS.model_dir, "export"),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, tf.errors.OpError) as e:  # OpError: gs:// and the like
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")

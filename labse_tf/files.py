@@ -19,7 +19,8 @@ import tensorflow as tf
 
 __all__ = ["FileError", "absolute", "basename", "copy", "dirname", "exists", "expand",
            "glob", "has_magic", "is_url", "isdir", "join", "listdir", "makedirs", "open_file",
-           "read_json", "read_text", "remove", "rmtree", "size", "write_json", "write_text"]
+           "read_json", "read_text", "remove", "rename", "rmtree", "size", "write_json",
+           "write_text"]
 
 
 class FileError(ValueError):
@@ -171,11 +172,25 @@ def copy(src: str, dst: str) -> str:
     return dst
 
 
+def rename(src: str, dst: str) -> None:
+    """Renames a file or directory: atomic on a local disk; object stores copy each object."""
+    tf.io.gfile.rename(src, dst)
+
+
 def remove(path: str) -> None:
     if exists(path):
         tf.io.gfile.remove(path)
 
 
 def rmtree(path: str) -> None:
-    if exists(path):
-        tf.io.gfile.rmtree(path)
+    """Deletes a directory tree; a missing one is fine.
+
+    Subdirectories go first, in reverse name order: TF's ram:// lists `assets.extra/x` in
+    `assets/` too (as `.extra`, a name it then cannot delete) until `assets.extra` is gone.
+    """
+    if not exists(path):
+        return
+    for name in reversed(listdir(path)):
+        if isdir(join(path, name)):
+            tf.io.gfile.rmtree(join(path, name))
+    tf.io.gfile.rmtree(path)

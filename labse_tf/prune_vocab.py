@@ -23,8 +23,6 @@ OUTPUT is a model directory like MODEL_DIR (config.yaml, vocab.txt, checkpoints/
 """
 
 import dataclasses
-import json
-import os
 import sys
 from typing import Sequence
 
@@ -32,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, data
+from labse_tf import checkpoints, data, files
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize, read_vocab
 
@@ -160,22 +158,22 @@ def prune(model_dir: str, patterns: Sequence[str], output: str, *,
     reloaded = Preprocessor(checkpoints.vocab_path(output), lowercase=cfg.data.lowercase)
     unchanged = unchanged_fraction(full, reloaded, kept, sentences, batch_size)
     report = {
-        "model_dir": model_dir, "checkpoint": source_checkpoint, "output": written,
+        "model_dir": files.absolute(model_dir), "checkpoint": files.absolute(source_checkpoint),
+        "output": files.absolute(written),
         "languages": list(langs), "sentences": len(sentences), "min_count": min_count,
         "vocab_before": len(tokens), "vocab_after": len(kept),
         "parameters_before": encoder.count_params(), "parameters_after": pruned.count_params(),
         "unknown_pieces": int(counts[full.unk_id]), "pieces": int(counts.sum()),
         "unchanged_tokenization": unchanged,
     }
-    with open(os.path.join(output, REPORT_FILE), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    files.write_json(files.join(output, REPORT_FILE), report)
     log(f"vocabulary: {len(tokens):,} → {len(kept):,} tokens ({len(kept) / len(tokens):.1%})")
     log(f"parameters: {report['parameters_before']:,} → {report['parameters_after']:,} "
         f"({report['parameters_after'] / report['parameters_before']:.1%})")
     log(f"[UNK] pieces in the corpus: {report['unknown_pieces']:,} of {report['pieces']:,}")
     log(f"tokenization unchanged: {unchanged:.2%} of {len(sentences):,} corpus sentences")
-    log(f"wrote {output} (config.yaml, vocab.txt, {os.path.relpath(written, output)}, "
-        f"{REPORT_FILE})")
+    log(f"wrote {output} (config.yaml, vocab.txt, "
+        f"{checkpoints.CHECKPOINT_DIR}/{files.basename(written)}, {REPORT_FILE})")
     return report
 
 
@@ -201,7 +199,8 @@ def main(argv):
         prune(FLAGS.model_dir, FLAGS.corpus, FLAGS.output, keep_langs=FLAGS.keep_langs,
               min_count=FLAGS.min_count, checkpoint=FLAGS.checkpoint,
               batch_size=FLAGS.batch_size, log=lambda msg: print(msg, flush=True))
-    except (ValueError, OSError) as e:  # DataError, a bad model directory, an existing output
+    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
+    except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

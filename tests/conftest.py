@@ -15,6 +15,17 @@ distribute.set_cpu_devices(2)
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
+def copy_to_ram(local_dir, name: str) -> str:
+    """A copy of a local directory tree on TF's in-memory filesystem: ram://NAME."""
+    for root, _, names in os.walk(local_dir):
+        for file_name in names:
+            path = os.path.join(root, file_name)
+            target = f"ram://{name}/{os.path.relpath(path, local_dir)}"
+            tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+            tf.io.gfile.copy(path, target, overwrite=True)
+    return f"ram://{name}"
+
+
 def shared_path(*parts: str) -> str:
     """A path in ../shared, or skip the test when the checkout has no ../shared."""
     path = os.path.join(SHARED, *parts)

@@ -36,6 +36,7 @@ def test_shared_spelling_retrieves_the_right_pair():
     assert list(sims.argmax(1)) == [2, 0, 1]
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_the_baseline(tmp_path):
     import json
     import subprocess

@@ -10,17 +10,47 @@ from labse_tf.config import ConfigError, load_config
 from labse_tf.model import build_encoder
 
 
-def test_shipped_configs_load():
-    for name in sorted(os.listdir(config_lib.CONFIG_DIR)):
-        if name.endswith(".yaml"):
-            load_config(name)  # raises on any unknown key or wrong type
+def _leaves(mapping, path=()):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, path + (key,))
+        else:
+            yield path + (key,), value
 
 
-def test_tiny_and_small_shapes():
-    tiny, small = load_config("tiny"), load_config("small")
-    assert (tiny.model.num_layers, tiny.model.hidden_dim) == (2, 32)
-    assert (small.model.num_layers, small.model.hidden_dim, small.model.num_heads,
-            small.model.intermediate_dim, small.data.seq_length) == (4, 256, 4, 1024, 32)
+def test_shipped_configs_load_every_key_they_set():
+    names = sorted(n for n in os.listdir(config_lib.CONFIG_DIR) if n.endswith(".yaml"))
+    assert names == ["budget_30min.yaml", "labse_base.yaml", "labse_pretrain.yaml", "small.yaml",
+                     "tiny.yaml", "tiny_pretrain.yaml"]
+    for name in names:
+        with open(os.path.join(config_lib.CONFIG_DIR, name), encoding="utf-8") as f:
+            raw = list(_leaves(yaml.safe_load(f)))
+        loaded = config_lib.to_dict(load_config(name.removesuffix(".yaml")))  # by name
+        assert len(raw) >= 10, name
+        for path, value in raw:
+            got = loaded
+            for key in path:
+                got = got[key]
+            want = float(value) if isinstance(got, float) else value  # YAML reads 1e-4 as str
+            assert got == want, f"{name}: {'.'.join(path)} is {got!r}, the file says {value!r}"
+
+
+@pytest.mark.parametrize("name,params,heads", [
+    # BERT's count with a 1,000-token vocabulary, 64 positions and 2 segments:
+    #   embeddings V·H + 64·H + 2·H + LayerNorm 2·H; per layer attention 4·(H² + H),
+    #   feed-forward H·I + I + I·H + H, two LayerNorms 4·H; the pooler H² + H.
+    # tiny (H 32, L 2, I 64): 34,176 + 2 · 8,544 + 1,056
+    ("tiny", 52_320, 2),
+    # small (H 256, L 4, I 1024): 273,408 + 4 · 789,760 + 65,792
+    ("small", 3_498_240, 4),
+])
+def test_tiny_and_small_build_the_documented_shapes(name, params, heads):
+    cfg = load_config(name)
+    encoder = build_encoder(cfg.model, 1000)
+    assert encoder.count_params() == params
+    query = {w.path: w for w in encoder.weights}[
+        "transformer_layer_0/self_attention_layer/query/kernel"]
+    assert tuple(query.shape) == (cfg.model.hidden_dim, heads, cfg.model.hidden_dim // heads)
 
 
 def test_set_overrides_are_typed():

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from conftest import copy_to_ram
 from labse_tf import checkpoints, config as config_lib, convert, data, loop, train
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor, read_vocab
@@ -168,6 +169,21 @@ def test_garden_checkpoint_converts_from_the_command_line(garden, vocab_file, tm
     with pytest.raises(FileExistsError, match="already holds config.yaml"):
         convert.convert("garden", f"{garden['dir']}/dual", out, vocab=vocab_file,
                         log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_garden_sources_on_another_filesystem(garden, vocab_file, tmp_path, monkeypatch):
+    """The TF Hub SavedModel and a checkpoint directory read from ram:// in this process."""
+    source = copy_to_ram(garden["dir"], f"{tmp_path.name}/garden")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for kind, path, vocab in [("tfhub", f"{source}/hub", None),
+                              ("garden", f"{source}/dual", f"{source}/hub")]:
+        out = str(tmp_path / kind)
+        convert.convert(kind, path, out, vocab=vocab, log=lambda m: None)
+        _assert_same_as_garden(out, garden)
+        assert read_vocab(checkpoints.vocab_path(out)) == read_vocab(vocab_file)
+    assert os.listdir(tmp_path / "cwd") == []
 
 
 @pytest.mark.slow
@@ -344,6 +360,43 @@ def test_hf_bert_converts_to_the_same_embeddings(vocab_file, tmp_path, weights_f
     assert any("keeps accents" in note for note in result["notes"])  # uncased: a difference
     assert result["ignored"] == []  # position_ids is a known buffer, not a stray tensor
     assert any("lowercase=True (recorded by the source)" in line for line in logged)
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "h5"])
+def test_hf_source_on_another_filesystem(vocab_file, tmp_path, monkeypatch, weights_format):
+    """Read from ram:// (TF's in-memory filesystem, a stand-in for gs://) in this process."""
+    weights = _hf_weights(len(read_vocab(vocab_file)))
+    local = write_hf_dir(tmp_path / "hf", vocab_file, weights, hidden_act="gelu_new",
+                         weights_format=weights_format)
+    source = copy_to_ram(local, f"{tmp_path.name}/hf")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    out = str(tmp_path / "labse")
+    logged = []
+    convert.convert("hf", source, out, log=logged.append)
+    inputs = _inputs(vocab_file)
+    np.testing.assert_allclose(_embed(out, inputs)[0], _unit(hf_bert(weights, inputs,
+                                                                    "gelu_new")[0]), atol=ATOL)
+    weights_file = "model.safetensors" if weights_format == "safetensors" else "tf_model.h5"
+    assert f"converted Hugging Face BERT {source}/{weights_file}" in logged[0]
+    assert os.listdir(tmp_path / "cwd") == []
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoints.write_run and config.write_config do not "
+                   "go through labse_tf.files yet (another branch converts them): the model "
+                   "directory lands in ./ram:/ instead of ram://")
+def test_output_on_another_filesystem(vocab_file, tmp_path, monkeypatch):
+    weights = _hf_weights(len(read_vocab(vocab_file)))
+    source = write_hf_dir(tmp_path / "hf", vocab_file, weights, hidden_act="gelu_new")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    out = f"ram://{tmp_path.name}/labse"
+    result = convert.convert("hf", source, out, log=lambda m: None)
+    assert os.listdir(tmp_path / "cwd") == []
+    assert result["checkpoint"] == f"{out}/checkpoints/ckpt-0"
+    inputs = _inputs(vocab_file)
+    np.testing.assert_allclose(_embed(out, inputs)[0], _unit(hf_bert(weights, inputs,
+                                                                    "gelu_new")[0]), atol=ATOL)
 
 
 def test_mismatched_tensors_are_listed(vocab_file, tmp_path):

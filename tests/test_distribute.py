@@ -131,3 +131,8 @@ def test_batches_keep_static_shapes_only_where_needed():
     assert not distribute.needs_static_shapes(one, jit_compile=False)
     assert not distribute.needs_static_shapes(mirrored, jit_compile=False)
     assert distribute.needs_static_shapes(one, jit_compile=True)  # XLA compiles per shape
+    # TPUs and cross-worker collectives need them too. Neither strategy can be built here (no
+    # TPU; a multi-worker strategy fixes this process's collectives), so the instances are
+    # made without their __init__: only their class is asked.
+    for strategy in (tf.distribute.TPUStrategy, tf.distribute.MultiWorkerMirroredStrategy):
+        assert distribute.needs_static_shapes(strategy.__new__(strategy), jit_compile=False)

@@ -157,7 +157,9 @@ def test_export_embed_fn_matches_the_run(export_dir, run_embed_fn, heldout):
     sentences = [s for xx, eng in heldout.values() for s in xx + eng]
     got = evaluate.embed_fn_from_export(export_dir, batch_size=64)(sentences)
     np.testing.assert_allclose(got, run_embed_fn(sentences), atol=1e-5)
-    with pytest.raises(ValueError, match="no serving_default signature"):
+    with pytest.raises(ValueError, match=r"serving_default maps \['text'\] to \['input_mask', "
+                                         r"'input_type_ids', 'input_word_ids'\], expected "
+                                         r"\['text'\] to \['embeddings'\]"):
         evaluate.embed_fn_from_export(os.path.join(export_dir, "preprocessor"))
 
 

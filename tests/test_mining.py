@@ -97,11 +97,13 @@ def test_knn_needs_candidates():
 
 
 def test_ratio_margin_small_example():
-    # x's 2 nearest y have cosines 0.9 and 0.7; y's 2 nearest x have 0.8 and 0.6.
-    cos = np.array([0.9])
-    expected = 0.9 / ((0.9 + 0.7) / 4 + (0.8 + 0.6) / 4)
-    np.testing.assert_allclose(mining.ratio_margin(cos, np.array([0.8]), np.array([0.7])),
-                               [expected])
+    # Two x and two y, k = 2 (every candidate is a neighbour), worked by hand:
+    #   cosines [[0.9, 0.7],   x means (0.9 + 0.7) / 2 = 0.8,  (0.8 + 0.6) / 2 = 0.7
+    #            [0.8, 0.6]]   y means (0.9 + 0.8) / 2 = 0.85, (0.7 + 0.6) / 2 = 0.65
+    #   margin(0, 0) = 0.9 / ((0.8 + 0.85) / 2) = 0.9 / 0.825 = 12/11, and so on.
+    margins = mining.ratio_margin(np.array([[0.9, 0.7], [0.8, 0.6]]), np.array([[0.8], [0.7]]),
+                                  np.array([[0.85, 0.65]]))
+    np.testing.assert_allclose(margins, [[12 / 11, 28 / 29], [32 / 31, 8 / 9]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("max_block_bytes", BLOCKS)
