@@ -115,9 +115,10 @@ def pipeline_shape(batch_size: int, seq_length: int, static: bool = False) -> tf
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file = vocab.write_vocab(list(SPECIAL_TOKENS), os.path.join(tmp, "vocab.txt"))
-        pairs, _ = data.read_pairs([data.sample_corpus_path("train")])
-        dataset = data.pair_dataset(pairs, Preprocessor(vocab_file, seq_length=seq_length),
-                                    batch_size=batch_size, alpha=0.3, seed=0, trim=not static)
+        manifest = data.load_manifest([data.sample_corpus_path("train")], log=lambda m: None)
+        dataset = data.pair_dataset(manifest, Preprocessor(vocab_file, seq_length=seq_length),
+                                    batch_size=batch_size, sampling=data.Sampling(0.3, 0),
+                                    trim=not static)
         return dataset.element_spec["src"]["token_ids"].shape
 
 

@@ -158,8 +158,8 @@ def language_shards(manifest: Manifest, num_pipelines: int, pipeline: int) -> di
     Whole files when the language's files can give every pipeline some pairs: assigned
     largest first to the pipeline with the fewest pairs so far, which balances them.
     Otherwise every pipeline reads every file of the language and takes every
-    `num_pipelines`-th pair; a language with fewer pairs than pipelines is read whole by
-    each (its pairs then repeat across pipelines).
+    `num_pipelines`-th pair of each; a language too small for that to give every
+    pipeline a pair is read whole by each (its pairs then repeat across pipelines).
     """
     shards = {}
     for lang in manifest.langs:
@@ -170,13 +170,14 @@ def language_shards(manifest: Manifest, num_pipelines: int, pipeline: int) -> di
             target = min(range(num_pipelines), key=lambda p: (load[p], p))
             load[target] += held[index][1]
             assigned[target].append(index)
+        lines = [[max(0, -(-(n - p) // num_pipelines)) for _, n in held]
+                 for p in range(num_pipelines)]
         if min(load) > 0:
             mine = sorted(assigned[pipeline])
             shards[lang] = LanguageShard(lang, tuple(held[i][0] for i in mine),
                                          tuple(held[i][1] for i in mine))
-        elif total >= num_pipelines:
-            counts = tuple(max(0, -(-(n - pipeline) // num_pipelines)) for _, n in held)
-            shards[lang] = LanguageShard(lang, tuple(p for p, _ in held), counts,
+        elif min(sum(c) for c in lines) > 0:
+            shards[lang] = LanguageShard(lang, tuple(p for p, _ in held), tuple(lines[pipeline]),
                                          num_pipelines, pipeline)
         else:
             shards[lang] = LanguageShard(lang, tuple(p for p, _ in held),

@@ -115,6 +115,8 @@ def open_file(path: str, mode: str = "r") -> Iterator[IO]:
     is atomic only through `write_text`/`write_json`; this is for streams.
     """
     binary = "b" in mode
+    if mode.startswith("w") and is_url(path):
+        _clear(path)
     if not path.endswith(".gz"):  # GFile reads and writes UTF-8 text itself
         with tf.io.gfile.GFile(path, mode.replace("t", "")) as f:
             yield f
@@ -148,6 +150,7 @@ def write_text(path: str, text: str) -> str:
     makedirs(dirname(path))
     data = text.encode("utf-8")
     if is_url(path):
+        _clear(path)
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(data)
         return path
@@ -166,8 +169,17 @@ def write_json(path: str, value) -> str:
     return write_text(path, json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
 
+def _clear(url: str) -> None:
+    """Removes an object about to be rewritten: `ram://` appends to an existing file
+    instead of replacing it (object stores replace; removing first is harmless there)."""
+    if tf.io.gfile.exists(url) and not tf.io.gfile.isdir(url):
+        tf.io.gfile.remove(url)
+
+
 def copy(src: str, dst: str) -> str:
     makedirs(dirname(dst))
+    if is_url(dst):
+        _clear(dst)
     tf.io.gfile.copy(src, dst, overwrite=True)
     return dst
 

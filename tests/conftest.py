@@ -41,6 +41,11 @@ def sample_pairs():
 
 
 @pytest.fixture(scope="session")
+def sample_manifest():
+    return data.load_manifest([data.sample_corpus_path("train")], log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
 def vocab_file(tmp_path_factory, sample_pairs):
     """A vocabulary learned from the shipped sample corpus."""
     path = str(tmp_path_factory.mktemp("vocab") / "vocab.txt")

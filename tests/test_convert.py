@@ -382,9 +382,6 @@ def test_hf_source_on_another_filesystem(vocab_file, tmp_path, monkeypatch, weig
     assert os.listdir(tmp_path / "cwd") == []
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints.write_run and config.write_config do not "
-                   "go through labse_tf.files yet (another branch converts them): the model "
-                   "directory lands in ./ram:/ instead of ram://")
 def test_output_on_another_filesystem(vocab_file, tmp_path, monkeypatch):
     weights = _hf_weights(len(read_vocab(vocab_file)))
     source = write_hf_dir(tmp_path / "hf", vocab_file, weights, hidden_act="gelu_new")
@@ -447,7 +444,7 @@ def test_converted_model_is_a_training_start(vocab_file, tmp_path):
     converted = str(tmp_path / "labse")
     convert.convert("hf", source, converted, log=lambda m: None)
     cfg = config_lib.load_config(os.path.join(converted, "config.yaml"))
-    cfg, _, _, preprocessor = loop.prepare_run(cfg, str(tmp_path / "finetune"),
+    cfg, _, preprocessor = loop.prepare_run(cfg, str(tmp_path / "finetune"),
                                                [data.sample_corpus_path("train")], lambda m: None)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size, cfg.train.precision)
     train.init_from_pretrained(encoder, converted, log=lambda m: None)

@@ -80,7 +80,7 @@ def run_dir(tmp_path_factory, vocab_file):
     """
     model_dir = str(tmp_path_factory.mktemp("run"))
     cfg = config_lib.load_config("tiny", ["model.pooling=mean", f"data.vocab_file={vocab_file}"])
-    cfg, _, _, preprocessor = train.prepare_run(cfg, model_dir, [data.sample_corpus_path("train")],
+    cfg, _, preprocessor = train.prepare_run(cfg, model_dir, [data.sample_corpus_path("train")],
                                                 log=lambda m: None)
     keras.utils.set_random_seed(0)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size)

@@ -71,12 +71,19 @@ def test_two_workers_give_the_loss_and_gradients_of_one_replica(tmp_path, vocab_
 @pytest.mark.slow
 def test_training_command_runs_on_two_workers(tmp_path, vocab_file):
     model_dir = tmp_path / "run"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     outputs = _launch([sys.executable, "-m", "labse_tf.train", "--strategy=multi_worker",
                        f"--model_dir={model_dir}", "--noexport", "--set=train.steps=10",
                        "--set=train.checkpoint_every=5", "--set=train.steps_per_loop=5",
                        "--set=train.eval_every=0", f"--set=data.vocab_file={vocab_file}"],
-                      2, str(tmp_path))
+                      2, str(tmp_path), {"TMPDIR": str(scratch)})
     assert "2 replica(s)" in outputs[0] and "step 10/10" in outputs[0]
     assert "step 10/10" not in outputs[1]  # only the chief reports and writes
+    # Only the chief counts the corpus and writes the run directory; the other worker
+    # reads its manifest after the barrier, and its scratch checkpoints are removed.
+    assert "corpus manifest:" in outputs[0] and "corpus manifest:" not in outputs[1]
+    assert (model_dir / "manifest.json").exists()
+    assert not list(scratch.glob("labse_tf_worker_*"))
     assert (model_dir / "checkpoints" / "ckpt-10.index").exists()
     assert json.loads((model_dir / "summary.json").read_text())["replicas"] == 2

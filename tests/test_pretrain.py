@@ -57,13 +57,13 @@ def _unmask(batch):
     return tokens
 
 
-def test_masked_lm_dataset_packs_and_masks(sample_pairs, vocab_file):
+def test_masked_lm_dataset_packs_and_masks(sample_manifest, vocab_file):
     pre = Preprocessor(vocab_file, seq_length=32)
-    args = {"batch_size": 64, "alpha": 0.3, "seed": 3}
-    masking = {"tlm_fraction": 0.5, "mask_rate": 0.15, "mask_token_rate": 0.8,
-               "random_token_rate": 0.1, "max_predictions": 8}
-    examples = data.masked_lm_dataset(sample_pairs, pre, trim=False, **masking, **args)
-    trimmed = data.masked_lm_dataset(sample_pairs, pre, **masking, **args)
+    args = {"batch_size": 64, "sampling": data.Sampling(alpha=0.3, seed=3)}
+    masking = data.Masking(tlm_fraction=0.5, mask_rate=0.15, mask_token_rate=0.8,
+                           random_token_rate=0.1, max_predictions=8)
+    examples = data.masked_lm_dataset(sample_manifest, pre, trim=False, masking=masking, **args)
+    trimmed = data.masked_lm_dataset(sample_manifest, pre, masking=masking, **args)
     assert trimmed.element_spec["token_ids"].shape.as_list() == [64, None]
     assert trimmed.element_spec["mask_ids"].shape.as_list() == [64, 8]
     for cut, full in zip(trimmed.take(2).as_numpy_iterator(), examples.take(2).as_numpy_iterator()):
@@ -72,7 +72,7 @@ def test_masked_lm_dataset_packs_and_masks(sample_pairs, vocab_file):
         np.testing.assert_array_equal(cut["segment_ids"], full["segment_ids"][:, :longest])
         np.testing.assert_array_equal(cut["padding_mask"], full["padding_mask"][:, :longest])
         assert (cut["mask_positions"][cut["mask_weights"] > 0] < longest).all()
-    drawn = data.pair_strings(sample_pairs, **args)
+    drawn = data.pair_strings(sample_manifest, **args)
     specials = [pre.pad_id, pre.cls_id, pre.sep_id, pre.unk_id]
     batches = list(examples.take(4).as_numpy_iterator())
     batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -152,9 +152,6 @@ def test_unknown_language_is_an_error_naming_the_corpus_languages(full_model, tm
                           keep_langs=["deu", "pol"], log=lambda m: None)
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints.load_run/write_run, config.load_config and "
-                   "data.read_pairs do not go through labse_tf.files yet (another branch "
-                   "converts them): ram:// model directories and corpora are not found")
 def test_prune_on_another_filesystem(full_model, tmp_path, monkeypatch):
     """Model, corpus and output on ram:// (a stand-in for gs://), in this process."""
     model_dir = copy_to_ram(full_model, f"{tmp_path.name}/full")

@@ -156,3 +156,31 @@ def test_help_lists_the_flags():
     assert {"config", "set", "strategy", "cpu_replicas", "tpu", "model_dir", "train_data",
             "eval_data", "eval_tatoeba_dir", "init_checkpoint", "export", "export_dir"} <= set(
         defined), defined
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_resumed_run_reads_the_batches_of_an_uninterrupted_one(replicas, sample_manifest,
+                                                                   vocab_file):
+    """The distributed iterator built at step 6 yields what the one from step 0 did at 6.."""
+    import tensorflow as tf
+
+    from labse_tf import config as config_lib, train
+    from labse_tf.preprocessing import Preprocessor
+
+    strategy = (tf.distribute.OneDeviceStrategy("/cpu:0") if replicas == 1 else
+                tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    cfg = config_lib.load_config("tiny", ["train.global_batch_size=8"])
+    pre = Preprocessor(vocab_file, seq_length=16)
+
+    def steps(start, count):
+        iterator = train.distributed_pairs(strategy, sample_manifest, pre, cfg, start)
+        return [[r.numpy() for r in strategy.experimental_local_results(next(iterator)["src"]
+                                                                        ["token_ids"])]
+                for _ in range(count)]
+
+    full, resumed = steps(0, 9), steps(6, 3)
+    assert len(full[0]) == replicas
+    for a, b in zip(full[6:], resumed):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(full[0][0], full[0][-1]) or replicas == 1  # replicas differ

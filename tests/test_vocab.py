@@ -53,8 +53,8 @@ def test_smoothed_sample_sizes_match_water_filling():
         np.testing.assert_array_less(np.abs(take - _water_filling(counts, alpha, budget)), 2.0)
 
 
-def test_sample_sentences_follow_the_sizes(sample_pairs):
-    sample = vocab.sample_sentences(sample_pairs, 0.3, 200, seed=1)
+def test_sample_sentences_follow_the_sizes(sample_pairs, sample_manifest):
+    sample = vocab.sample_sentences(sample_manifest, 0.3, 200, seed=1)
     sizes = vocab.smoothed_sample_sizes([2 * len(s) for s in sample_pairs.src], 0.3, 200)
     assert list(sample) == list(sample_pairs.langs)
     for (lang, got), size, src, tgt in zip(sample.items(), sizes, sample_pairs.src,
@@ -63,6 +63,8 @@ def test_sample_sentences_follow_the_sizes(sample_pairs):
         pool = list(src) + list(tgt)
         # Drawn without replacement: no sentence more often than it occurs.
         assert all(got.count(s) <= pool.count(s) for s in set(got)), lang
+        # Spread over the language (every k-th pair), not its first lines.
+        assert got[-2] not in pool[:size]
 
 
 def _is_han(char: str) -> bool:
