@@ -197,14 +197,15 @@ def main(argv):
     eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
     try:
         cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
+        # First: logical CPU replicas can only be set up before TF runs any op.
+        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
+                                            cpu_replicas=FLAGS.cpu_replicas)
         eval_sets = {}
         if eval_patterns:
-            eval_sets["heldout"], _ = data.read_pairs(eval_patterns)
+            eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=log)
         if FLAGS.eval_tatoeba_dir:
             tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
             eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
-        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
-                                            cpu_replicas=FLAGS.cpu_replicas)
         summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                         train_patterns=train_patterns, eval_sets=eval_sets,
                         init_checkpoint=FLAGS.init_checkpoint, log=log)
