@@ -19,7 +19,8 @@ import tensorflow as tf
 
 __all__ = ["FileError", "absolute", "basename", "copy", "dirname", "exists", "expand",
            "glob", "has_magic", "is_url", "isdir", "join", "listdir", "makedirs", "open_file",
-           "read_json", "read_text", "remove", "rmtree", "size", "write_json", "write_text"]
+           "read_json", "read_text", "remove", "rmtree", "size", "write_bytes", "write_json",
+           "write_text"]
 
 
 class FileError(ValueError):
@@ -137,7 +138,12 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> str:
-    """Writes `text` so that a reader never sees half of it; returns the path.
+    """Writes `text` as UTF-8 so that a reader never sees half of it; returns the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Writes `data` so that a reader never sees half of it; returns the path.
 
     Locally: a uniquely named temporary file renamed over the target (processes of one
     run may race here). Object stores make an object visible only when its upload
@@ -145,7 +151,6 @@ def write_text(path: str, text: str) -> str:
     copies, which would be slower and no safer).
     """
     makedirs(dirname(path))
-    data = text.encode("utf-8")
     if is_url(path):
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(data)

@@ -96,6 +96,14 @@ def test_knn_needs_candidates():
         mining.knn(np.ones([2, 3]), np.zeros([0, 3]), 1)
 
 
+def test_recall_at_k():
+    exact = np.array([[0, 1, 2], [3, 4, 5]])
+    # Row 0 found 2 of its 3 (order does not matter), row 1 all 3.
+    assert mining.recall_at_k(np.array([[2, 0, 9], [5, 4, 3]]), exact) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match=r"found \(2, 2\) but exact \(2, 3\)"):
+        mining.recall_at_k(exact[:, :2], exact)
+
+
 def test_ratio_margin_small_example():
     # x's 2 nearest y have cosines 0.9 and 0.7; y's 2 nearest x have 0.8 and 0.6.
     cos = np.array([0.9])
