@@ -219,8 +219,7 @@ def test_mine_command(export_dir, mining_files, run_embed_fn, tmp_path):
     out = tmp_path / "pairs.tsv"
     stdout = run_command("labse_tf.mine", f"--model={export_dir}", f"--src={directory / 'src.txt'}",
                          f"--tgt={directory / 'tgt.txt'}", f"--out={out}", "--k=3",
-                         f"--threshold={threshold}", f"--gold={directory / 'gold.tsv'}",
-                         "--block_mb=0.001")   # ~1 KB blocks: a few query rows at a time
+                         f"--threshold={threshold}", f"--gold={directory / 'gold.tsv'}")
     rows = [line.split("\t") for line in out.read_text("utf-8").splitlines()]
     assert [(x, e) for _, x, e in rows] == [(x, e) for _, x, e in kept]
     np.testing.assert_allclose([float(s) for s, _, _ in rows], [s for s, _, _ in kept], rtol=1e-5)
