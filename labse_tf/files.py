@@ -107,6 +107,14 @@ def expand(patterns: Iterable[str], *, what: str = "input") -> list[str]:
     return paths
 
 
+def _gfile(path: str, mode: str) -> tf.io.gfile.GFile:
+    """`tf.io.gfile.GFile`, which on `ram://` (TF 2.20) appends to an existing file opened
+    for writing instead of replacing it: there the old file is removed first."""
+    if mode.startswith("w") and path.startswith("ram://") and exists(path):
+        tf.io.gfile.remove(path)
+    return tf.io.gfile.GFile(path, mode)
+
+
 @contextlib.contextmanager
 def open_file(path: str, mode: str = "r") -> Iterator[IO]:
     """Opens a file on any filesystem; `.gz` files are (de)compressed on the way.
@@ -116,10 +124,10 @@ def open_file(path: str, mode: str = "r") -> Iterator[IO]:
     """
     binary = "b" in mode
     if not path.endswith(".gz"):  # GFile reads and writes UTF-8 text itself
-        with tf.io.gfile.GFile(path, mode.replace("t", "")) as f:
+        with _gfile(path, mode.replace("t", "")) as f:
             yield f
         return
-    with tf.io.gfile.GFile(path, mode[0] + "b") as raw:
+    with _gfile(path, mode[0] + "b") as raw:
         with gzip.GzipFile(fileobj=raw, mode=mode[0] + "b") as stream:
             if binary:
                 yield stream
@@ -152,7 +160,7 @@ def write_bytes(path: str, data: bytes) -> str:
     """
     makedirs(dirname(path))
     if is_url(path):
-        with tf.io.gfile.GFile(path, "wb") as f:
+        with _gfile(path, "wb") as f:
             f.write(data)
         return path
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
