@@ -164,61 +164,99 @@ def fetch_lines(path: str, numbers: Iterable[int]) -> dict[int, str]:
     return found
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
-    embedded = {"src": FLAGS.src_embeddings, "tgt": FLAGS.tgt_embeddings}
-    needs_model = not all(embedded.values())
-    try:
-        if needs_model and not (FLAGS.model or FLAGS.model_dir or FLAGS.trigram_baseline):
-            raise ValueError("one of --model, --model_dir or --trigram_baseline is needed "
-                             "unless both --src_embeddings and --tgt_embeddings are given")
-        gold = read_gold(FLAGS.gold) if FLAGS.gold else None
-        sides = {name: read_side(getattr(FLAGS, name), keep_texts=not embedded[name],
-                                 wanted={pair[i] for pair in gold or ()})
-                 for i, name in enumerate(("src", "tgt"))}
-        embed_fn = None
-        if needs_model:
-            texts = [t for side in sides.values() if side.texts for t in side.texts]
-            embed_fn, _ = evaluate.embed_fn_from_flags(log, texts)
-        vectors = {name: side_vectors(sides[name], embedded[name], embed_fn, log)
-                   for name in sides}
-        if vectors["src"].dim != vectors["tgt"].dim:
-            raise ValueError(f"the source embeddings ({embedded['src'] or FLAGS.src}) have "
-                             f"dimension {vectors['src'].dim} but the target embeddings "
-                             f"({embedded['tgt'] or FLAGS.tgt}) have {vectors['tgt'].dim}")
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = "",
+               tgt_embeddings: str = "",
+               embed_fn_for: Callable[[list[str]], evaluate.EmbedFn] | None = None,
+               k: int = 4, strategy: str = "max", threshold: float = 1.06, max_pairs: int = 0,
+               gold_path: str = "", index_options: index.IndexOptions = index.IndexOptions(),
+               log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Mines `src_path` against `tgt_path` into `out`: what the command does.
+
+    Args:
+      src_path, tgt_path: str. Text files, one sentence a line.
+      out: str. The output TSV.
+      src_embeddings, tgt_embeddings: str. labse_tf.embed's directories of those files, or
+        "" to embed them here.
+      embed_fn_for: callable. Given every sentence to embed here (the trigram baseline fits
+        its IDF on them), the EmbedFn; needed unless both sides come embedded.
+      k, strategy, threshold, max_pairs, gold_path: as the flags of the same names.
+      index_options: index.IndexOptions.
+      log: progress printer.
+
+    Returns:
+      {"candidates": int, "written": int, and with a gold file "gold": int,
+      "at_threshold": {precision, recall, f1}, "best": {threshold, precision, recall, f1}}.
+
+    Raises:
+      ValueError (files.FileError among them): a missing or unusable input.
+    """
+    embedded = {"src": src_embeddings, "tgt": tgt_embeddings}
+    files.expand([src_path, tgt_path] + ([gold_path] if gold_path else []))
+    if not all(embedded.values()) and embed_fn_for is None:
+        raise ValueError("a model (--model, --model_dir or --trigram_baseline) is needed "
+                         "unless both sides come embedded (--src_embeddings, --tgt_embeddings)")
+    gold = read_gold(gold_path) if gold_path else None
+    sides = {name: read_side(path, keep_texts=not embedded[name],
+                             wanted={pair[i] for pair in gold or ()})
+             for i, (name, path) in enumerate([("src", src_path), ("tgt", tgt_path)])}
+    embed_fn = None
+    if not all(embedded.values()):
+        embed_fn = embed_fn_for([t for side in sides.values() if side.texts for t in side.texts])
+    vectors = {name: side_vectors(sides[name], embedded[name], embed_fn, log) for name in sides}
+    if vectors["src"].dim != vectors["tgt"].dim:
+        raise ValueError(f"the source embeddings ({embedded['src'] or src_path}) have "
+                         f"dimension {vectors['src'].dim} but the target embeddings "
+                         f"({embedded['tgt'] or tgt_path}) have {vectors['tgt'].dim}")
     src, tgt = sides["src"], sides["tgt"]
-    options = index.options_from_flags()
-    log(f"searching {FLAGS.k} nearest neighbours both ways ({len(src.lines):,} × "
-        f"{len(tgt.lines):,}, index {FLAGS.index})")
-    x2y = index.knn(vectors["src"], vectors["tgt"], FLAGS.k, options, log=log)
-    y2x = index.knn(vectors["tgt"], vectors["src"], FLAGS.k, options, log=log)
-    scores, xs, ys = mining.select(mining.matches(*x2y, *y2x), FLAGS.strategy)
-    kept = np.flatnonzero(scores >= FLAGS.threshold)[:FLAGS.max_pairs or None]
+    log(f"searching {k} nearest neighbours both ways ({len(src.lines):,} × "
+        f"{len(tgt.lines):,} sentences)")
+    x2y = index.knn(vectors["src"], vectors["tgt"], k, index_options, log=log)
+    y2x = index.knn(vectors["tgt"], vectors["src"], k, index_options, log=log)
+    scores, xs, ys = mining.select(mining.matches(*x2y, *y2x), strategy)
+    kept = np.flatnonzero(scores >= threshold)[:max_pairs or None]
     src_text = fetch_lines(src.path, src.lines[xs[kept]].tolist())
     tgt_text = fetch_lines(tgt.path, tgt.lines[ys[kept]].tolist())
-    files.makedirs(files.dirname(FLAGS.out))
-    with files.open_file(FLAGS.out, "w") as f:
+    files.makedirs(files.dirname(out))
+    with files.open_file(out, "w") as f:
         for p in kept:
             f.write(f"{scores[p]:.6f}\t{src_text[src.lines[xs[p]]]}\t"
                     f"{tgt_text[tgt.lines[ys[p]]]}\n")
-    limit = f", at most {FLAGS.max_pairs:,}" if FLAGS.max_pairs else ""
+    limit = f", at most {max_pairs:,}" if max_pairs else ""
     log(f"{len(kept):,} of {len(scores):,} candidate pairs have a margin of at least "
-        f"{FLAGS.threshold}{limit}: {files.absolute(FLAGS.out)}")
+        f"{threshold}{limit}: {files.absolute(out)}")
+    summary = {"candidates": len(scores), "written": len(kept)}
     if gold is not None:
         gold_rows = {(src.rows_of[s], tgt.rows_of[t]) for s, t in gold
                      if s in src.rows_of and t in tgt.rows_of}
         correct = np.array([pair in gold_rows for pair in zip(xs.tolist(), ys.tolist())], bool)
         p, r, f1 = mining.precision_recall_f1(int(correct[kept].sum()), len(kept), len(gold))
-        log(f"gold: {len(gold):,} pairs")
-        log(f"at threshold {FLAGS.threshold:.6f}: precision {p:.4f} recall {r:.4f} F1 {f1:.4f}")
         best = mining.best_threshold(scores, correct, len(gold))
+        log(f"gold: {len(gold):,} pairs")
+        log(f"at threshold {threshold:.6f}: precision {p:.4f} recall {r:.4f} F1 {f1:.4f}")
         log(f"best threshold {best['threshold']:.6f}: precision {best['precision']:.4f} "
             f"recall {best['recall']:.4f} F1 {best['f1']:.4f}")
+        summary.update(gold=len(gold), best=best,
+                       at_threshold={"precision": p, "recall": r, "f1": f1})
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    log = lambda msg: print(msg, flush=True)
+    has_model = FLAGS.model or FLAGS.model_dir or FLAGS.trigram_baseline
+    try:
+        mine_files(
+            FLAGS.src, FLAGS.tgt, FLAGS.out, src_embeddings=FLAGS.src_embeddings,
+            tgt_embeddings=FLAGS.tgt_embeddings,
+            embed_fn_for=(lambda corpus: evaluate.embed_fn_from_flags(log, corpus)[0])
+            if has_model else None,
+            k=FLAGS.k, strategy=FLAGS.strategy, threshold=FLAGS.threshold,
+            max_pairs=FLAGS.max_pairs, gold_path=FLAGS.gold,
+            index_options=index.options_from_flags(), log=log)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
