@@ -188,8 +188,8 @@ def retrieval_accuracy(a: np.ndarray, b: np.ndarray, *, margin: str = "none", k:
       (a→b, b→a): fraction of rows whose match on the other side is its pair.
     """
     k = 1 if margin == "none" else k
-    found = mining.matches(*index.knn(a, b, k, index_options, log=log),
-                           *index.knn(b, a, k, index_options, log=log), margin=margin)
+    a2b, b2a = index.knn_both_ways(a, b, k, index_options, log=log)
+    found = mining.matches(*a2b, *b2a, margin=margin)
     gold = np.arange(len(a))
     return float(np.mean(found.x2y == gold)), float(np.mean(found.y2x == gold))
 

@@ -31,7 +31,7 @@ the k-th place it may keep another one than the reference (which keeps the lowes
 import dataclasses
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -40,7 +40,7 @@ from absl import flags
 from labse_tf import mining
 
 __all__ = ["KINDS", "IndexOptions", "Vectors", "build", "choose_kind", "define_flags", "knn",
-           "options_from_flags", "search"]
+           "knn_both_ways", "options_from_flags", "search", "trained"]
 
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
@@ -125,48 +125,73 @@ def _sample(vectors: Vectors, size: int, seed: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
+def _empty(kind: str, dim: int, count: int, options: IndexOptions) -> faiss.Index:
+    """An index of `kind` for `count` vectors, not yet trained or filled."""
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = options.ef_construction
+        return index
+    if kind not in ("ivf", "ivfpq"):
+        raise ValueError(f"index kind must be one of {KINDS[1:]}, got {kind!r}")
+    nlist = min(_nlist(options, count), count)
+    if kind == "ivf":
+        return faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+    pq_m = options.pq_m or max(1, dim // 4)
+    if dim % pq_m:
+        raise ValueError(f"ivfpq: pq_m={pq_m} must divide the dimension {dim}")
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+    # Polysemous codes serve Hamming-distance filtering, which nothing here uses; training
+    # them is most of PQ's training time.
+    faiss.downcast_index(index).do_polysemous_training = False
+    return index
+
+
+def trained(kind: str, samples: Sequence[Vectors], count: int,
+            options: IndexOptions = IndexOptions(), *,
+            log: Callable[[str], None] = lambda msg: None) -> faiss.Index:
+    """An empty index of `kind` for `count` candidates, trained if its kind trains.
+
+    The training sample is drawn from `samples` in proportion to their sizes: the vectors
+    to be indexed, or several sets that share their space (both sides of a bitext).
+    """
+    dim = samples[0].dim
+    index = _empty(kind, dim, count, options)
+    if index.is_trained:
+        return index
+    total = sum(v.count for v in samples)
+    size = min(total, options.train_size or 64 * faiss.extract_index_ivf(index).nlist)
+    log(f"  training {kind} ({faiss.extract_index_ivf(index).nlist} lists) on {size:,} of "
+        f"{total:,} vectors")
+    tick = time.monotonic()
+    parts = [_sample(v, round(size * v.count / total), options.seed + i)
+             for i, v in enumerate(samples)]
+    index.train(np.concatenate(parts))
+    log(f"  trained in {time.monotonic() - tick:.1f} s")
+    return index
+
+
 def build(candidates: Vectors, kind: str, options: IndexOptions = IndexOptions(), *,
+          trained_index: faiss.Index | None = None,
           log: Callable[[str], None] = lambda msg: None) -> faiss.Index:
-    """An inner-product index of `kind` over the candidates, trained on a sample.
+    """An inner-product index of `kind` over the candidates, trained on a sample of them.
 
     Args:
       candidates: Vectors. Normalised on the way in (cosine = inner product).
       kind: str. A kind of KINDS other than "auto" (see `choose_kind`).
       options: IndexOptions.
+      trained_index: optional faiss.Index. An empty trained index (`trained`) to fill a copy
+        of, instead of training one here.
       log: progress printer.
     """
     if candidates.count == 0:
         raise ValueError("index: there are no candidates to search")
-    dim = candidates.dim
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = options.ef_construction
-    elif kind in ("ivf", "ivfpq"):
-        nlist = min(_nlist(options, candidates.count), candidates.count)
-        if kind == "ivf":
-            codes = "SQ8"
-        else:
-            pq_m = options.pq_m or max(1, dim // 4)
-            if dim % pq_m:
-                raise ValueError(f"ivfpq: pq_m={pq_m} must divide the dimension {dim}")
-            codes = f"PQ{pq_m}"
-        index = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-        if kind == "ivfpq":
-            # Polysemous codes serve Hamming-distance filtering, which nothing here uses;
-            # training them is most of PQ's training time.
-            faiss.downcast_index(index).do_polysemous_training = False
-        size = min(candidates.count, options.train_size or 64 * nlist)
-        log(f"  training IVF{nlist},{codes} on {size:,} of {candidates.count:,} vectors")
-        tick = time.monotonic()
-        index.train(_sample(candidates, size, options.seed))
-        log(f"  trained in {time.monotonic() - tick:.1f} s")
-    else:
-        raise ValueError(f"index kind must be one of {KINDS[1:]}, got {kind!r}")
+    index = (faiss.clone_index(trained_index) if trained_index is not None
+             else trained(kind, [candidates], candidates.count, options, log=log))
     tick = time.monotonic()
     for shard in candidates.shards():
-        index.add(_shard_rows(shard, dim, "index"))
+        index.add(_shard_rows(shard, candidates.dim, "index"))
     log(f"  {kind} index of {index.ntotal:,} vectors built in {time.monotonic() - tick:.1f} s")
     return index
 
@@ -219,6 +244,16 @@ def search(index: faiss.Index, queries: Vectors, k: int,
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def _vectors(x: Vectors | np.ndarray) -> Vectors:
+    return x if isinstance(x, Vectors) else Vectors.of(x)
+
+
+def _check_dims(queries: Vectors, candidates: Vectors) -> None:
+    if queries.dim != candidates.dim:
+        raise ValueError(f"queries have dimension {queries.dim} but candidates have "
+                         f"{candidates.dim}: were they embedded by the same model?")
+
+
 def knn(queries: Vectors | np.ndarray, candidates: Vectors | np.ndarray, k: int,
         options: IndexOptions = IndexOptions(), *,
         log: Callable[[str], None] = lambda msg: None) -> tuple[np.ndarray, np.ndarray]:
@@ -234,14 +269,34 @@ def knn(queries: Vectors | np.ndarray, candidates: Vectors | np.ndarray, k: int,
     Returns:
       As `mining.knn`: (cosines float32 `[n, min(k, m)]`, indices int64 `[n, min(k, m)]`).
     """
-    queries = queries if isinstance(queries, Vectors) else Vectors.of(queries)
-    candidates = candidates if isinstance(candidates, Vectors) else Vectors.of(candidates)
-    if queries.dim != candidates.dim:
-        raise ValueError(f"queries have dimension {queries.dim} but candidates have "
-                         f"{candidates.dim}: were they embedded by the same model?")
+    queries, candidates = _vectors(queries), _vectors(candidates)
+    _check_dims(queries, candidates)
     kind = choose_kind(options, queries.count, candidates.count)
-    index = build(candidates, kind, options, log=log)
-    return search(index, queries, k, options, log=log)
+    return search(build(candidates, kind, options, log=log), queries, k, options, log=log)
+
+
+def knn_both_ways(x: Vectors | np.ndarray, y: Vectors | np.ndarray, k: int,
+                  options: IndexOptions = IndexOptions(), *,
+                  log: Callable[[str], None] = lambda msg: None) -> tuple[tuple, tuple]:
+    """`knn(x, y, k)` and `knn(y, x, k)`: what margin scoring and retrieval need.
+
+    Both sides live in one embedding space, so when both indexes would have as many lists,
+    one quantizer trained on a sample of both sides serves both (half the training). One
+    index is in memory at a time.
+
+    Returns:
+      ((x→y cosines, y ids), (y→x cosines, x ids)), each as `knn` returns it.
+    """
+    x, y = _vectors(x), _vectors(y)
+    _check_dims(x, y)
+    kind = choose_kind(options, x.count, y.count)
+    shared = None
+    if (kind in ("ivf", "ivfpq") and min(x.count, y.count) > 0
+            and _nlist(options, x.count) == _nlist(options, y.count)):
+        shared = trained(kind, [x, y], y.count, options, log=log)
+    x2y = search(build(y, kind, options, trained_index=shared, log=log), x, k, options, log=log)
+    y2x = search(build(x, kind, options, trained_index=shared, log=log), y, k, options, log=log)
+    return x2y, y2x
 
 
 def define_flags() -> None:

@@ -210,8 +210,7 @@ def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = 
     src, tgt = sides["src"], sides["tgt"]
     log(f"searching {k} nearest neighbours both ways ({len(src.lines):,} × "
         f"{len(tgt.lines):,} sentences)")
-    x2y = index.knn(vectors["src"], vectors["tgt"], k, index_options, log=log)
-    y2x = index.knn(vectors["tgt"], vectors["src"], k, index_options, log=log)
+    x2y, y2x = index.knn_both_ways(vectors["src"], vectors["tgt"], k, index_options, log=log)
     scores, xs, ys = mining.select(mining.matches(*x2y, *y2x), strategy)
     kept = np.flatnonzero(scores >= threshold)[:max_pairs or None]
     src_text = fetch_lines(src.path, src.lines[xs[kept]].tolist())

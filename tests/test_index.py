@@ -58,7 +58,8 @@ def test_flat_orders_equal_cosines_by_index():
 @pytest.mark.parametrize("strategy", mining.STRATEGIES)
 def test_flat_margins_and_mined_pairs_match_the_reference(xy, strategy):
     x, y = xy
-    found = mining.matches(*index.knn(x, y, 4, FLAT), *index.knn(y, x, 4, FLAT))
+    x2y, y2x = index.knn_both_ways(x, y, 4, FLAT)
+    found = mining.matches(*x2y, *y2x)
     reference = mining.best_matches(x, y, k=4)
     np.testing.assert_array_equal(found.x2y, reference.x2y)
     np.testing.assert_array_equal(found.y2x, reference.y2x)
@@ -140,8 +141,8 @@ def bucc_like(num_pairs, num_distractors, dim, seed=0):
 
 def mined_f1(x, y, gold, options):
     """Best-threshold F1 of max-strategy mining through `options`, and the x→y neighbours."""
-    x2y = index.knn(x, y, 4, options)
-    scores, xs, ys = mining.select(mining.matches(*x2y, *index.knn(y, x, 4, options)))
+    x2y, y2x = index.knn_both_ways(x, y, 4, options)
+    scores, xs, ys = mining.select(mining.matches(*x2y, *y2x))
     correct = np.array([(i, j) in gold for i, j in zip(xs.tolist(), ys.tolist())])
     return mining.best_threshold(scores, correct, len(gold))["f1"], x2y[1]
 
