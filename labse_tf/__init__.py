@@ -1,6 +1,6 @@
 """labse_tf: train, evaluate and ship LaBSE-style multilingual sentence encoders.
 
-Command lines: python -m labse_tf.{train,pretrain,vocab,export,evaluate,mine,convert,
+Command lines: python -m labse_tf.{train,pretrain,vocab,export,evaluate,embed,mine,convert,
 prune_vocab} --help.
 """
 

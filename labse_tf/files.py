@@ -19,7 +19,8 @@ import tensorflow as tf
 
 __all__ = ["FileError", "absolute", "basename", "copy", "dirname", "exists", "expand",
            "glob", "has_magic", "is_url", "isdir", "join", "listdir", "makedirs", "open_file",
-           "read_json", "read_text", "remove", "rename", "rmtree", "size", "write_json",
+           "read_json", "read_text", "remove", "rename", "rmtree", "size", "write_bytes",
+           "write_json",
            "write_text"]
 
 
@@ -107,6 +108,14 @@ def expand(patterns: Iterable[str], *, what: str = "input") -> list[str]:
     return paths
 
 
+def _gfile(path: str, mode: str) -> tf.io.gfile.GFile:
+    """`tf.io.gfile.GFile`, which on `ram://` (TF 2.20) appends to an existing file opened
+    for writing instead of replacing it: there the old file is removed first."""
+    if mode.startswith("w") and is_url(path):
+        _clear(path)
+    return tf.io.gfile.GFile(path, mode)
+
+
 @contextlib.contextmanager
 def open_file(path: str, mode: str = "r") -> Iterator[IO]:
     """Opens a file on any filesystem; `.gz` files are (de)compressed on the way.
@@ -115,13 +124,11 @@ def open_file(path: str, mode: str = "r") -> Iterator[IO]:
     is atomic only through `write_text`/`write_json`; this is for streams.
     """
     binary = "b" in mode
-    if mode.startswith("w") and is_url(path):
-        _clear(path)
     if not path.endswith(".gz"):  # GFile reads and writes UTF-8 text itself
-        with tf.io.gfile.GFile(path, mode.replace("t", "")) as f:
+        with _gfile(path, mode.replace("t", "")) as f:
             yield f
         return
-    with tf.io.gfile.GFile(path, mode[0] + "b") as raw:
+    with _gfile(path, mode[0] + "b") as raw:
         with gzip.GzipFile(fileobj=raw, mode=mode[0] + "b") as stream:
             if binary:
                 yield stream
@@ -140,7 +147,12 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> str:
-    """Writes `text` so that a reader never sees half of it; returns the path.
+    """Writes `text` as UTF-8 so that a reader never sees half of it; returns the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Writes `data` so that a reader never sees half of it; returns the path.
 
     Locally: a uniquely named temporary file renamed over the target (processes of one
     run may race here). Object stores make an object visible only when its upload
@@ -148,10 +160,8 @@ def write_text(path: str, text: str) -> str:
     copies, which would be slower and no safer).
     """
     makedirs(dirname(path))
-    data = text.encode("utf-8")
     if is_url(path):
-        _clear(path)
-        with tf.io.gfile.GFile(path, "wb") as f:
+        with _gfile(path, "wb") as f:
             f.write(data)
         return path
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"

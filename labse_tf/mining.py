@@ -9,6 +9,10 @@ side's k nearest neighbours on the other side:
 so a "hub" sentence that is close to everything scores lower than a pair that stands out
 from its neighbourhoods. Similarities are computed a block of query rows at a time, so no
 function here holds an `[n, m]` matrix: beyond the embeddings, memory is `max_block_bytes`.
+
+`knn` is the exact reference search. The scoring (`matches`) and the pair selection
+(`select`) take neighbour lists, so the FAISS indexes of labse_tf.index, which search
+corpora that `knn` cannot (its time grows as n·m), feed the very same maths.
 """
 
 import dataclasses
@@ -16,7 +20,8 @@ import dataclasses
 import numpy as np
 
 __all__ = ["MARGINS", "STRATEGIES", "Matches", "best_matches", "best_threshold", "knn",
-           "mine", "precision_recall_f1", "ratio_margin"]
+           "matches", "mine", "normalize", "precision_recall_f1", "ratio_margin",
+           "recall_at_k", "select"]
 
 MARGINS = ("none", "ratio")
 STRATEGIES = ("max", "intersect")
@@ -27,7 +32,7 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 _BYTES_PER_SIMILARITY = 4 + 8
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (all-zero rows stay zero), as float32 `[n, dim]`."""
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -50,7 +55,7 @@ def knn(queries: np.ndarray, candidates: np.ndarray, k: int, *,
     """
     if len(candidates) == 0:
         raise ValueError("knn: there are no candidates to search")
-    queries, candidates = _normalize(queries), _normalize(candidates)
+    queries, candidates = normalize(queries), normalize(candidates)
     m = len(candidates)
     k = min(k, m)
     rows = max(1, max_block_bytes // (_BYTES_PER_SIMILARITY * m))
@@ -64,6 +69,20 @@ def knn(queries: np.ndarray, candidates: np.ndarray, k: int, *,
         sims[start:start + rows] = np.take_along_axis(top_sims, order, axis=1)
         ids[start:start + rows] = np.take_along_axis(top, order, axis=1)
     return sims, ids
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """The fraction of the exact k nearest neighbours that an approximate search found.
+
+    Args:
+      found: int `[n, k]`. Neighbour indices of an approximate search (any order).
+      exact: int `[n, k]`. The exact neighbours, as from `knn`.
+    """
+    if found.shape != exact.shape:
+        raise ValueError(f"recall_at_k: found {found.shape} but exact {exact.shape}")
+    if exact.size == 0:
+        return 1.0
+    return float((exact[:, :, None] == found[:, None, :]).any(axis=2).mean())
 
 
 def ratio_margin(cos: np.ndarray, x_knn_mean: np.ndarray, y_knn_mean: np.ndarray) -> np.ndarray:
@@ -87,13 +106,37 @@ class Matches:
     y2x_score: np.ndarray    # float32 [m]
 
 
-def best_matches(x: np.ndarray, y: np.ndarray, *, margin: str = "ratio", k: int = 4,
-                 max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> Matches:
-    """Best match in both directions, by cosine or by ratio margin.
+def matches(x_sims: np.ndarray, x_ids: np.ndarray, y_sims: np.ndarray, y_ids: np.ndarray, *,
+            margin: str = "ratio") -> Matches:
+    """Best match in both directions from the k nearest neighbours of each side.
 
     With `margin="ratio"` each query's match is the highest-margin one among its k nearest
-    neighbours by cosine (the margin's own neighbourhoods come from the same search); with
-    `margin="none"` it is the nearest neighbour and the score is the cosine.
+    neighbours (the margin's neighbourhood means come from the same lists); with
+    `margin="none"` it is the nearest neighbour and the score is the cosine. Any search that
+    returns neighbour lists in the `knn` layout (sorted by decreasing cosine) can feed this.
+
+    Args:
+      x_sims, x_ids: float `[n, k]`, int `[n, k]`. Each x's nearest y and their cosines.
+      y_sims, y_ids: float `[m, k]`, int `[m, k]`. Each y's nearest x and their cosines.
+      margin: str. One of MARGINS.
+    """
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+    if margin == "ratio":
+        x_mean, y_mean = x_sims.mean(axis=1), y_sims.mean(axis=1)
+        x_sims = ratio_margin(x_sims, x_mean[:, None], y_mean[x_ids])
+        y_sims = ratio_margin(y_sims, y_mean[:, None], x_mean[y_ids])
+        x_best, y_best = x_sims.argmax(axis=1), y_sims.argmax(axis=1)
+    else:
+        x_best, y_best = np.zeros(len(x_ids), np.int64), np.zeros(len(y_ids), np.int64)
+    take = lambda a, i: np.take_along_axis(a, i[:, None], axis=1)[:, 0]
+    return Matches(take(x_ids, x_best), take(x_sims, x_best),
+                   take(y_ids, y_best), take(y_sims, y_best))
+
+
+def best_matches(x: np.ndarray, y: np.ndarray, *, margin: str = "ratio", k: int = 4,
+                 max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> Matches:
+    """Best match in both directions, by cosine or by ratio margin (see `matches`).
 
     Args:
       x: float `[n, dim]`.
@@ -102,24 +145,13 @@ def best_matches(x: np.ndarray, y: np.ndarray, *, margin: str = "ratio", k: int 
       k: int. Neighbourhood size of the ratio margin.
       max_block_bytes: int. See `knn`.
     """
-    if margin not in MARGINS:
-        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
     k = 1 if margin == "none" else k
-    x_sims, x_ids = knn(x, y, k, max_block_bytes=max_block_bytes)   # [n, k]
-    y_sims, y_ids = knn(y, x, k, max_block_bytes=max_block_bytes)   # [m, k]
-    if margin == "ratio":
-        x_mean, y_mean = x_sims.mean(axis=1), y_sims.mean(axis=1)
-        x_sims = ratio_margin(x_sims, x_mean[:, None], y_mean[x_ids])
-        y_sims = ratio_margin(y_sims, y_mean[:, None], x_mean[y_ids])
-    x_best, y_best = x_sims.argmax(axis=1), y_sims.argmax(axis=1)
-    take = lambda a, i: np.take_along_axis(a, i[:, None], axis=1)[:, 0]
-    return Matches(take(x_ids, x_best), take(x_sims, x_best),
-                   take(y_ids, y_best), take(y_sims, y_best))
+    return matches(*knn(x, y, k, max_block_bytes=max_block_bytes),
+                   *knn(y, x, k, max_block_bytes=max_block_bytes), margin=margin)
 
 
-def mine(x: np.ndarray, y: np.ndarray, *, k: int = 4, strategy: str = "max",
-         max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate translation pairs between x and y, scored by the ratio margin.
+def select(found: Matches, strategy: str = "max") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate translation pairs from the best matches of both directions.
 
     Candidates are each x's best y (forward) and each y's best x (backward).
     `strategy="intersect"` keeps the pairs found in both directions. `strategy="max"` takes
@@ -132,13 +164,13 @@ def mine(x: np.ndarray, y: np.ndarray, *, k: int = 4, strategy: str = "max",
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    found = best_matches(x, y, margin="ratio", k=k, max_block_bytes=max_block_bytes)
+    n, m = len(found.x2y), len(found.y2x)
     if strategy == "intersect":
-        xs = np.flatnonzero(found.y2x[found.x2y] == np.arange(len(x)))
+        xs = np.flatnonzero(found.y2x[found.x2y] == np.arange(n))
         ys, scores = found.x2y[xs], found.x2y_score[xs]
     else:
-        xs = np.concatenate([np.arange(len(x)), found.y2x])
-        ys = np.concatenate([found.x2y, np.arange(len(y))])
+        xs = np.concatenate([np.arange(n), found.y2x])
+        ys = np.concatenate([found.x2y, np.arange(m)])
         scores = np.concatenate([found.x2y_score, found.y2x_score])
         # Greedy from the top; a pair found in both directions is kept once.
         keep, used_x, used_y, xl, yl = [], set(), set(), xs.tolist(), ys.tolist()
@@ -151,6 +183,20 @@ def mine(x: np.ndarray, y: np.ndarray, *, k: int = 4, strategy: str = "max",
         xs, ys, scores = xs[keep], ys[keep], scores[keep]
     order = np.lexsort((ys, xs, -scores))
     return scores[order], xs[order], ys[order]
+
+
+def mine(x: np.ndarray, y: np.ndarray, *, k: int = 4, strategy: str = "max",
+         max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate translation pairs between x and y, scored by the ratio margin (see `select`).
+
+    Returns:
+      (scores float32 `[p]`, x indices int64 `[p]`, y indices int64 `[p]`), by decreasing
+      score.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    found = best_matches(x, y, margin="ratio", k=k, max_block_bytes=max_block_bytes)
+    return select(found, strategy)
 
 
 def precision_recall_f1(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:

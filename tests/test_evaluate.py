@@ -4,6 +4,7 @@ The commands run in subprocesses on a run directory and on its export; their num
 checked against NumPy written here on the full similarity matrix.
 """
 
+import gzip
 import json
 import os
 import re
@@ -22,11 +23,23 @@ from labse_tf.model import build_encoder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_command(*args: str) -> str:
-    """Runs `python -m <args>` from the repository root; returns its stdout."""
-    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+def run_in_ram(tmp_path, commands, *, stage: dict, collect: dict) -> str:
+    """Runs `python -m` commands in one process on the `ram://` filesystem; returns stdout.
+
+    Through tests/ram_command.py, which copies `stage` (ram:// path → local file) in first
+    and `collect` (ram:// dir → local dir) out at the end. The working directory is empty
+    and must stay so: a command that wrote a local file would show there.
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    spec = tmp_path / "ram_spec.json"
+    spec.write_text(json.dumps({"stage": stage, "commands": commands, "collect": collect}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "ram_command.py"),
+                           str(spec)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert list(cwd.iterdir()) == []
     return done.stdout
 
 
@@ -157,6 +170,12 @@ def test_export_embed_fn_matches_the_run(export_dir, run_embed_fn, heldout):
     sentences = [s for xx, eng in heldout.values() for s in xx + eng]
     got = evaluate.embed_fn_from_export(export_dir, batch_size=64)(sentences)
     np.testing.assert_allclose(got, run_embed_fn(sentences), atol=1e-5)
+    # Trimmed batches give what TF Serving's signature (every batch padded to the export's
+    # sequence length) gives.
+    import tensorflow_hub as hub
+    serve = hub.load(evaluate.serving_version_dir(export_dir)).signatures[export.SIGNATURE_KEY]
+    served = serve(**{export.SERVING_INPUT: tf.constant(sentences)})[export.SERVING_OUTPUT]
+    np.testing.assert_allclose(got, served, atol=1e-6)
     with pytest.raises(ValueError, match=r"serving_default maps \['text'\] to \['input_mask', "
                                          r"'input_type_ids', 'input_word_ids'\], expected "
                                          r"\['text'\] to \['embeddings'\]"):
@@ -165,10 +184,14 @@ def test_export_embed_fn_matches_the_run(export_dir, run_embed_fn, heldout):
 
 @pytest.mark.slow
 def test_evaluate_command(model_flag, tatoeba_dir, run_embed_fn, heldout, tmp_path):
-    output = tmp_path / "results.json"
-    stdout = run_command("labse_tf.evaluate", model_flag, f"--tatoeba_dir={tatoeba_dir}",
-                         "--langs=ukr,deu,cmn", "--margin=ratio", "--k=3", f"--output={output}")
-    results = json.loads(output.read_text("utf-8"))
+    """The Tatoeba files are read from ram://, the results written there."""
+    stage = {f"ram://tatoeba/{name}": os.path.join(tatoeba_dir, name)
+             for name in os.listdir(tatoeba_dir)}
+    stdout = run_in_ram(tmp_path, [["labse_tf.evaluate", model_flag, "--tatoeba_dir=ram://tatoeba",
+                                    "--langs=ukr,deu,cmn", "--margin=ratio", "--k=3",
+                                    "--output=ram://out/results.json"]],
+                        stage=stage, collect={"ram://out": str(tmp_path / "out")})
+    results = json.loads((tmp_path / "out" / "results.json").read_text("utf-8"))
     assert list(results["languages"]) == ["ukr", "deu", "cmn"]
     for lang, got in results["languages"].items():
         xx, eng = heldout[lang]
@@ -178,8 +201,9 @@ def test_evaluate_command(model_flag, tatoeba_dir, run_embed_fn, heldout, tmp_pa
         assert re.search(rf"^{lang} +20 ", stdout, re.M)
     assert results["mean_accuracy"] == pytest.approx(
         np.mean([v["mean"] for v in results["languages"].values()]))
-    assert (results["margin"], results["k"]) == ("ratio", 3)
-    assert stdout.rstrip().endswith(f"results: {output}")
+    assert (results["margin"], results["k"], results["index"]) == ("ratio", 3, "auto")
+    assert results["tatoeba_dir"] == "ram://tatoeba"
+    assert stdout.rstrip().endswith("results: ram://out/results.json")
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +226,9 @@ def mining_files(tmp_path_factory, heldout):
 
 @pytest.mark.slow
 def test_mine_command(export_dir, mining_files, run_embed_fn, tmp_path):
-    """On the export (the run directory goes through the same loader, evaluate_command)."""
+    """labse_tf.embed on both files, then labse_tf.mine on the text and on the embeddings,
+    every file on ram:// (the source gzipped). On the export (the run directory goes
+    through the same loader, evaluate_command)."""
     directory, src, tgt, gold = mining_files
     # The reference: forward and backward best by margin among the 3 nearest, then the
     # one-to-one greedy "max" selection from the highest score down.
@@ -218,16 +244,33 @@ def test_mine_command(export_dir, mining_files, run_embed_fn, tmp_path):
     # A threshold halfway between two candidate scores, keeping about half of them.
     threshold = (mined[len(mined) // 2][0] + mined[len(mined) // 2 + 1][0]) / 2
     kept = [m for m in mined if m[0] >= threshold]
-    out = tmp_path / "pairs.tsv"
-    stdout = run_command("labse_tf.mine", f"--model={export_dir}", f"--src={directory / 'src.txt'}",
-                         f"--tgt={directory / 'tgt.txt'}", f"--out={out}", "--k=3",
-                         f"--threshold={threshold}", f"--gold={directory / 'gold.tsv'}",
-                         "--block_mb=0.001")   # ~1 KB blocks: a few query rows at a time
-    rows = [line.split("\t") for line in out.read_text("utf-8").splitlines()]
-    assert [(x, e) for _, x, e in rows] == [(x, e) for _, x, e in kept]
-    np.testing.assert_allclose([float(s) for s, _, _ in rows], [s for s, _, _ in kept], rtol=1e-5)
-
-
+    with open(directory / "src.txt", "rb") as f, gzip.open(tmp_path / "src.txt.gz", "wb") as g:
+        g.write(f.read())
+    stage = {"ram://in/src.txt.gz": str(tmp_path / "src.txt.gz"),
+             "ram://in/tgt.txt": str(directory / "tgt.txt"),
+             "ram://in/gold.tsv": str(directory / "gold.tsv")}
+    mine = ["labse_tf.mine", "--src=ram://in/src.txt.gz", "--tgt=ram://in/tgt.txt",
+            "--gold=ram://in/gold.tsv", "--k=3", f"--threshold={threshold}"]
+    stdout = run_in_ram(tmp_path, [
+        ["labse_tf.embed", f"--model={export_dir}", "--input=ram://in/src.txt.gz",
+         "--output_dir=ram://emb/src", "--dtype=float32", "--shard_size=16"],
+        ["labse_tf.embed", f"--model={export_dir}", "--input=ram://in/tgt.txt",
+         "--output_dir=ram://emb/tgt", "--dtype=float32"],
+        [*mine, "--src_embeddings=ram://emb/src", "--tgt_embeddings=ram://emb/tgt",
+         "--out=ram://out/from_embeddings.tsv"],
+        [*mine, f"--model={export_dir}", "--out=ram://out/pairs.tsv"],
+    ], stage=stage, collect={"ram://out": str(tmp_path / "out"), "ram://emb": str(tmp_path / "emb")})
+    meta = json.loads((tmp_path / "emb" / "src" / "index.json").read_text("utf-8"))
+    assert [s["rows"] for s in meta["shards"]] == [16, 16, 16, 3]   # 52 lines, one blank
+    assert meta["complete"] and meta["source"] == "ram://in/src.txt.gz"
+    for name in ["pairs.tsv", "from_embeddings.tsv"]:
+        rows = [line.split("\t") for line in (tmp_path / "out" / name).read_text("utf-8")
+                .splitlines()]
+        assert [(x, e) for _, x, e in rows] == [(x, e) for _, x, e in kept]
+        np.testing.assert_allclose([float(s) for s, _, _ in rows], [s for s, _, _ in kept],
+                                   rtol=1e-5)
+    # The gold scores of the second mining (from the text).
+    stdout = stdout[stdout.rindex("candidate pairs have a margin"):]
     correct = [(x, e) in gold for _, x, e in mined]
 
     def precision_recall_f1(n):  # keeping the n best candidates

@@ -96,6 +96,14 @@ def test_knn_needs_candidates():
         mining.knn(np.ones([2, 3]), np.zeros([0, 3]), 1)
 
 
+def test_recall_at_k():
+    exact = np.array([[0, 1, 2], [3, 4, 5]])
+    # Row 0 found 2 of its 3 (order does not matter), row 1 all 3.
+    assert mining.recall_at_k(np.array([[2, 0, 9], [5, 4, 3]]), exact) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match=r"found \(2, 2\) but exact \(2, 3\)"):
+        mining.recall_at_k(exact[:, :2], exact)
+
+
 def test_ratio_margin_small_example():
     # Two x and two y, k = 2 (every candidate is a neighbour), worked by hand:
     #   cosines [[0.9, 0.7],   x means (0.9 + 0.7) / 2 = 0.8,  (0.8 + 0.6) / 2 = 0.7
