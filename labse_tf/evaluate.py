@@ -328,6 +328,7 @@ def _define_flags():
                       "ratio: the best ratio margin among the --k nearest neighbours.")
     flags.DEFINE_integer("k", 4, "Neighbourhood size of the ratio margin.", lower_bound=1)
     index.define_flags()
+    flags.adopt_module_key_flags(index)  # so that --help lists --index, --nprobe, ...
     flags.DEFINE_string("output", "tatoeba_results.json", "Where to write the results as JSON "
                         "(any filesystem).")
 

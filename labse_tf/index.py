@@ -44,6 +44,9 @@ __all__ = ["KINDS", "IndexOptions", "Vectors", "build", "choose_kind", "define_f
 
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
+# Candidates per block of FAISS's exact search (its default is 1,024): blocks of 4,096 queries
+# × 16,384 candidates (256 MB of scores) ran 1.6× faster on this project's 2-core machine.
+_FLAT_CANDIDATE_BLOCK = 16384
 # Rows per FAISS search call: results come back (and progress is reported) this often.
 _SEARCH_ROWS = 65536
 # Seconds between progress lines.
@@ -198,10 +201,13 @@ def build(candidates: Vectors, kind: str, options: IndexOptions = IndexOptions()
 
 def _set_search_effort(index: faiss.Index, options: IndexOptions, k: int,
                        exhaustive: bool = False) -> None:
-    """nprobe / efSearch from the options, or their exhaustive settings."""
+    """nprobe / efSearch from the options (or their exhaustive settings); the exact
+    search's block size."""
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = index.ntotal if exhaustive else max(options.ef_search, k)
-    elif not isinstance(index, faiss.IndexFlat):
+    elif isinstance(index, faiss.IndexFlat):
+        faiss.cvar.distance_compute_blas_database_bs = _FLAT_CANDIDATE_BLOCK
+    else:
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = ivf.nlist if exhaustive else min(options.nprobe, ivf.nlist)
 

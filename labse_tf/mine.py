@@ -52,6 +52,7 @@ def _define_flags():
                       "greedily from the highest score; intersect: only pairs found in both "
                       "directions.")
     index.define_flags()
+    flags.adopt_module_key_flags(index)  # so that --help lists --index, --nprobe, ...
     flags.DEFINE_string("gold", "", "True pairs, `src<TAB>tgt` a line, to score the mining.")
 
 
