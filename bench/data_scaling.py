@@ -60,7 +60,8 @@ def _write_corpus(directory: str, size: int, languages: int, seed: int = 0) -> N
                 src = words[rng.integers(0, len(words), (m, 6))]
                 lines = (f"{' '.join(s)}\t{' '.join(s[::-1])} {lang}\n" for s in src)
                 f.writelines(lines)
-        _common.log(f"  {directory}: language {lang + 1}/{languages}, {n:,} pairs")
+        if (lang + 1) % 10 == 0:
+            _common.log(f"  {directory}: {lang + 1}/{languages} languages written")
     open(os.path.join(directory, "done"), "w").close()
 
 
