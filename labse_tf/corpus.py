@@ -210,10 +210,6 @@ class FileEntry:
     malformed: int = 0
     malformed_examples: tuple = ()  # "line: why", the first few
 
-    @property
-    def kind(self) -> str:
-        return file_kind(self.path)
-
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
