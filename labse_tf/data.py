@@ -40,7 +40,8 @@ __all__ = [
     "Masking",
     "Pairs",
     "Sampling",
-    "consumed_pairs",
+    "chunk_rounds",
+    "consumed_groups",
     "language_shards",
     "language_stream",
     "language_weights",
@@ -66,6 +67,7 @@ class Sampling:
     seed: int                # seed of the whole stream (combined with the pipeline id)
     language_group: int = 1  # consecutive pairs drawn from one language
     window: int = 1024       # pairs shuffled together within a language
+    chunk: int = 16384       # pairs shuffled together across languages (about, at most)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,9 +344,12 @@ def consumed_groups(rates: np.ndarray, phases: np.ndarray, rounds) -> np.ndarray
     return np.floor(np.float64(rounds) * rates + phases).astype(np.int64)
 
 
-def _chunk_rounds(rates: np.ndarray) -> int:
-    """Rounds per chunk: enough that every language gives at least one group in each."""
-    return int(np.ceil(1.0 / rates.min()))
+def chunk_rounds(rates: np.ndarray, group: int, chunk: int) -> int:
+    """Rounds per chunk: enough that every language gives a group in each, but at most
+    `chunk` pairs' worth (at least one round). A chunk is held whole before it is
+    shuffled, so with rates as skewed as 1 pair against 10^4 (alpha 1) an unbounded
+    chunk would be the whole corpus; bounded, a rare language gives no group to most."""
+    return int(max(1, min(np.ceil(1.0 / rates.min()), chunk // (group * rates.sum()))))
 
 
 def _first_chunk(rates: np.ndarray, phases: np.ndarray, rounds: int, groups: int) -> int:
@@ -368,7 +373,7 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
     floor(r q_l + φ_l) groups of `sampling.language_group` consecutive pairs, with
     q_l ∝ n_l^alpha (the largest 1) and a phase φ_l drawn from the seed, so every
     stretch of the stream holds each language's share to within one group. Rounds
-    are taken in chunks in which every language gives at least one group; a chunk's
+    are taken in chunks of about `sampling.chunk` pairs (`chunk_rounds`); a chunk's
     groups are shuffled together and then batched. The stream is a pure function of
     the seed, the pipeline and the step; see the module docstring.
     """
@@ -384,12 +389,15 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
     key = tf.constant([sampling.seed, pipeline], tf.int64)
     fold = tf.random.experimental.stateless_fold_in
     phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, -1), dtype=tf.float64).numpy()
-    rounds = _chunk_rounds(rates)
+    rounds = chunk_rounds(rates, group, sampling.chunk)
     first = start_step * (batch_size // group)  # groups before this step
     first_chunk = _first_chunk(rates, phases, rounds, first)
     used = consumed_groups(rates, phases, first_chunk * rounds)
     rates_t, phases_t, used_t = (tf.constant(x) for x in (rates, phases, used))
     lang_keys = tf.stack([fold(key, i) for i in range(len(rates))])
+
+    empty = tf.data.Dataset.from_tensors(
+        {k: tf.zeros([0, group], tf.string) for k in ("src", "tgt")}).repeat()
 
     @tf.autograph.experimental.do_not_convert
     def chunks(lang):
@@ -406,9 +414,15 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
         groups = (_language_stream(table, lang, lang_keys[lang], used_t[lang] * group,
                                    sampling.window)
                   .batch(group, drop_remainder=True).enumerate())
-        return groups.group_by_window(
-            chunk_of, lambda c, window: window.map(lambda i, g: g).batch(given(c + 1) - given(c)),
-            window_size_func=lambda c: given(c + 1) - given(c))
+        filled = groups.group_by_window(
+            chunk_of, lambda c, window: window.map(lambda i, g: g).batch(given(c + 1) - given(c))
+            .map(lambda g: (c, g)), window_size_func=lambda c: given(c + 1) - given(c))
+        # The chunks this language gives no group to, as empty batches before each filled
+        # one: the interleave takes one batch per language and chunk.
+        gaps = filled.scan(tf.constant(first_chunk - 1, tf.int64),
+                           lambda last, element: (element[0], (element[0] - last - 1, element[1])))
+        return gaps.flat_map(lambda gap, g: empty.take(gap).concatenate(
+            tf.data.Dataset.from_tensors(g)))
 
     def shuffle(index, batch):
         merged = {k: v.merge_dims(0, 1) for k, v in batch.items()}  # [groups, group]

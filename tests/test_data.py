@@ -175,6 +175,27 @@ def test_languages_are_mixed_in_proportion_to_the_smoothed_counts():
         assert [s.split()[1:] for s in b["src"]] == [[b"src"] + t.split()[2:] for t in b["tgt"]]
 
 
+def test_chunks_stay_small_when_languages_are_skewed():
+    """1 pair against 3000 at alpha 1: an unbounded chunk would hold the whole corpus."""
+    counts = {"aaa": 3000, "bbb": 1, "ccc": 30}
+    rates = data.mixing_rates(list(counts.values()), 1.0)
+    assert data.chunk_rounds(rates, 1, 10 ** 6) == 3000  # every language in every chunk
+    rounds = data.chunk_rounds(rates, 2, 64)
+    assert rounds == 64 // (2 * (1 + 1 / 3000 + 30 / 3000)) == 31
+    assert data.chunk_rounds(rates, 512, 64) == 1
+    manifest = _corpus("ram://skewed", counts)
+    sampling = data.Sampling(alpha=1.0, seed=3, window=32, chunk=64)
+    full = [b["src"] for b in data.pair_strings(manifest, batch_size=50, sampling=sampling)
+            .take(121).as_numpy_iterator()]
+    seen = collections.Counter(s.split()[0].decode() for b in full for s in b)
+    np.testing.assert_allclose([seen[l] for l in counts],
+                               np.array(list(counts.values())) / 3031 * 6050, atol=2)
+    for start in (7, 60, 120):
+        resumed = next(data.pair_strings(manifest, batch_size=50, sampling=sampling,
+                                         start_step=start).as_numpy_iterator())["src"]
+        np.testing.assert_array_equal(resumed, full[start])
+
+
 def test_every_pair_of_a_language_comes_once_per_epoch():
     manifest = _corpus("ram://epochs", {"aaa": 37, "bbb": 500}, per_file=3)
     shard = data.language_shards(manifest, 1, 0)["aaa"]
@@ -186,24 +207,28 @@ def test_every_pair_of_a_language_comes_once_per_epoch():
     assert pairs[:37] != pairs[37:74]  # each epoch in its own order
 
 
-def test_resumed_streams_continue_the_same_batches():
-    manifest = _corpus("ram://resume", {"aaa": 300, "bbb": 40, "ccc": 7}, per_file=2)
-    for pipelines in (1, 2):
-        for group in (1, 4):
-            sampling = data.Sampling(alpha=0.5, seed=7, language_group=group, window=16)
-            for pipeline in range(pipelines):
-                args = dict(batch_size=8, sampling=sampling, num_pipelines=pipelines,
-                            pipeline=pipeline)
-                full = [b["src"] for b in data.pair_strings(manifest, **args).take(60)
-                        .as_numpy_iterator()]
-                for start in (1, 13, 41):
-                    resumed = [b["src"] for b in data.pair_strings(
-                        manifest, start_step=start, **args).take(5).as_numpy_iterator()]
-                    np.testing.assert_array_equal(resumed, full[start:start + 5])
-                if group > 1:
-                    for b in full:
-                        langs = [s.split()[0] for s in b]
-                        assert all(len(set(langs[i:i + group])) == 1 for i in range(0, 8, group))
+@pytest.mark.parametrize("chunk, combinations", [(16384, [(1, 1), (1, 4), (2, 1), (2, 4)]),
+                                                  (4, [(1, 4), (2, 1)])])
+def test_resumed_streams_continue_the_same_batches(chunk, combinations):
+    """(pipelines, language group) combinations. With the default chunk every language
+    gives a group to every chunk; with 4 pairs a chunk, most chunks lack the rare ones."""
+    manifest = _corpus(f"ram://resume{chunk}", {"aaa": 300, "bbb": 40, "ccc": 7}, per_file=2)
+    for pipelines, group in combinations:
+        sampling = data.Sampling(alpha=0.5, seed=7, language_group=group, window=16,
+                                 chunk=chunk)
+        for pipeline in range(pipelines):
+            args = dict(batch_size=8, sampling=sampling, num_pipelines=pipelines,
+                        pipeline=pipeline)
+            full = [b["src"] for b in data.pair_strings(manifest, **args).take(60)
+                    .as_numpy_iterator()]
+            for start in (1, 13, 41):
+                resumed = [b["src"] for b in data.pair_strings(
+                    manifest, start_step=start, **args).take(5).as_numpy_iterator()]
+                np.testing.assert_array_equal(resumed, full[start:start + 5])
+            if group > 1:
+                for b in full:
+                    langs = [s.split()[0] for s in b]
+                    assert all(len(set(langs[i:i + group])) == 1 for i in range(0, 8, group))
     other = next(data.pair_strings(manifest, batch_size=8, sampling=data.Sampling(
         alpha=0.5, seed=8)).as_numpy_iterator())["src"]
     assert list(other) != list(full[0])
