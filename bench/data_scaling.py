@@ -7,8 +7,9 @@ r"""Start-up time and memory of training against corpus size; input pipeline thr
 (Zipf-sized, one gzipped TSV per language, short sentences) under `--work_dir`, then runs
 `python -m labse_tf.train` (tiny config, 20 steps, no export, a fixed vocabulary) on each
 in a fresh subprocess and records its peak RSS, the time to its first training step and
-the manifest pass's pairs/s from its log. `--old_rev=REV` also runs the training command
-of that git revision (checked out in a temporary worktree) for the side-by-side figure.
+the manifest pass's pairs/s from its log; then again from that run's manifest.json (a
+prepared corpus: no counting pass). `--old_rev=REV` also runs the training command of
+that git revision (checked out in a temporary worktree) for the side-by-side figure.
 
 `--mode=input` measures, on real data and the `--config` recipe, the tokenized pairs/s
 the input pipeline delivers with no model, and the pairs/s of a short training run of
@@ -36,12 +37,29 @@ flags.DEFINE_integer("languages", 100, "Languages of the synthetic corpora.")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "labse_data_scaling"),
                     "Where the synthetic corpora and runs go (reused when present).")
 flags.DEFINE_string("old_rev", "", "Also run this git revision's training command.")
+flags.DEFINE_integer("old_max_pairs", 10_000_000, "Largest corpus the --old_rev reader (which "
+                     "holds the corpus in memory) is run on.")
+flags.DEFINE_string("vocab_file", "", "Vocabulary for --mode=input; default one learned as "
+                    "bench/budget_recipe.sh learns it (~2 minutes).")
 flags.DEFINE_string("data", "../shared/data/train", "Real data for --mode=input.")
 flags.DEFINE_string("config", "budget_30min", "Config for --mode=input.")
 flags.DEFINE_integer("batches", 60, "Batches timed in --mode=input.")
 flags.DEFINE_string("output", "", "Results JSON; default bench/results/data_scaling[_input].json.")
 
-_WORDS = [f"w{i}" for i in range(2000)]
+_WORDS = [f"w{i:04d}" for i in range(2000)]  # one width, so lines are built as byte arrays
+_CHUNK = 1_000_000
+
+
+def _lines(rng: np.random.Generator, m: int, lang: int) -> bytes:
+    """`m` lines `<6 words>\t<the same reversed> <lang>`, built as one byte array."""
+    table = np.frombuffer("".join(_WORDS).encode(), np.uint8).reshape(len(_WORDS), 5)
+    words = table[rng.integers(0, len(_WORDS), (m, 6))]  # [m, 6, 5]
+    space = np.full((m, 6, 1), ord(" "), np.uint8)
+    src = np.concatenate([words, space], 2).reshape(m, 36)
+    tgt = np.concatenate([words[:, ::-1], space], 2).reshape(m, 36)
+    src[:, -1] = ord("\t")
+    suffix = np.frombuffer(f"{lang:03d}\n".encode(), np.uint8)
+    return np.concatenate([src, tgt, np.broadcast_to(suffix, (m, 4))], 1).tobytes()
 
 
 def _write_corpus(directory: str, size: int, languages: int, seed: int = 0) -> None:
@@ -52,14 +70,10 @@ def _write_corpus(directory: str, size: int, languages: int, seed: int = 0) -> N
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, languages + 1)
     counts = np.maximum(1, np.round(size * weights / weights.sum())).astype(int)
-    words = np.array(_WORDS)
     for lang, n in enumerate(counts):
-        with gzip.open(os.path.join(directory, f"l{lang:03d}.tsv.gz"), "wt", compresslevel=1) as f:
-            for start in range(0, n, 100_000):
-                m = min(100_000, n - start)
-                src = words[rng.integers(0, len(words), (m, 6))]
-                lines = (f"{' '.join(s)}\t{' '.join(s[::-1])} {lang}\n" for s in src)
-                f.writelines(lines)
+        with gzip.open(os.path.join(directory, f"l{lang:03d}.tsv.gz"), "wb", compresslevel=1) as f:
+            for start in range(0, n, _CHUNK):
+                f.write(_lines(rng, min(_CHUNK, n - start), lang))
         if (lang + 1) % 10 == 0:
             _common.log(f"  {directory}: {lang + 1}/{languages} languages written")
     open(os.path.join(directory, "done"), "w").close()
@@ -68,7 +82,8 @@ def _write_corpus(directory: str, size: int, languages: int, seed: int = 0) -> N
 def _vocab(path: str) -> str:
     from labse_tf.preprocessing import SPECIAL_TOKENS
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(t + "\n" for t in list(SPECIAL_TOKENS) + _WORDS + [str(i) for i in range(100)])
+        f.writelines(t + "\n" for t in list(SPECIAL_TOKENS) + _WORDS
+                     + [f"{i:03d}" for i in range(1000)])
     return path
 
 
@@ -120,15 +135,22 @@ def scaling() -> dict:
         corpus = os.path.join(FLAGS.work_dir, f"corpus-{size}")
         _common.log(f"corpus of {size:,} pairs in {FLAGS.languages} languages: {corpus}")
         _write_corpus(corpus, size, FLAGS.languages)
-        for name, tree in readers.items():
-            _common.log(f"  training with the {name} reader ...")
-            run = _run_train(tree, os.path.join(corpus, "*.tsv.gz"), vocab,
-                             os.path.join(FLAGS.work_dir, f"run-{name}-{size}"))
-            _common.log(f"  {name}: {run}")
-            results.append({"pairs": size, "reader": name, **run})
-    rows = [[r["pairs"], r["reader"], r.get("peak_rss_gib", "-"), r.get("seconds_to_first_step", "-"),
-             r.get("manifest_pairs_per_second", "-")] for r in results]
-    print(_common.table(["pairs", "reader", "peak RSS GiB", "s to first step",
+        runs = [("new", "cold", os.path.join(corpus, "*.tsv.gz"))]
+        # The same corpus again through the first run's manifest (no counting pass).
+        runs.append(("new", "manifest", os.path.join(FLAGS.work_dir, f"run-new-cold-{size}",
+                                                      "manifest.json")))
+        if "old" in readers and size <= FLAGS.old_max_pairs:
+            runs.append(("old", "cold", os.path.join(corpus, "*.tsv.gz")))
+        for name, start, data_glob in runs:
+            _common.log(f"  training with the {name} reader ({start}) ...")
+            run = _run_train(readers[name], data_glob, vocab,
+                             os.path.join(FLAGS.work_dir, f"run-{name}-{start}-{size}"))
+            _common.log(f"  {name} ({start}): {run}")
+            results.append({"pairs": size, "reader": name, "start": start, **run})
+    rows = [[r["pairs"], r["reader"], r["start"], r.get("peak_rss_gib", "-"),
+             r.get("seconds_to_first_step", "-"), r.get("manifest_pairs_per_second", "-")]
+            for r in results]
+    print(_common.table(["pairs", "reader", "start", "peak RSS GiB", "s to first step",
                          "manifest pairs/s"], rows))
     return {"runs": results, "languages": FLAGS.languages}
 
@@ -136,18 +158,21 @@ def scaling() -> dict:
 def input_throughput() -> dict:
     import tensorflow as tf
 
-    from labse_tf import config as config_lib, data, vocab as vocab_lib
+    from labse_tf import config as config_lib, data, loop, vocab as vocab_lib
     from labse_tf.preprocessing import Preprocessor
 
     cfg = config_lib.load_config(FLAGS.config)
     manifest = data.load_manifest([os.path.join(FLAGS.data, "*.tsv.gz")], log=_common.log)
     with tempfile.TemporaryDirectory() as tmp:
-        sample = vocab_lib.sample_sentences(manifest, cfg.data.alpha, 100_000, 0)
-        vocab_file = vocab_lib.write_vocab(vocab_lib.build_vocab(
-            [s for g in sample.values() for s in g], 8000), os.path.join(tmp, "vocab.txt"))
+        vocab_file = FLAGS.vocab_file
+        if not vocab_file:
+            _common.log("learning a vocabulary as bench/budget_recipe.sh does ...")
+            sample = vocab_lib.sample_sentences(manifest, 0.5, 50_000, 0)
+            vocab_file = vocab_lib.write_vocab(vocab_lib.build_vocab(
+                [s for g in sample.values() for s in g], cfg.data.build_vocab_size,
+                max_words=40_000, max_unique_chars=4000), os.path.join(tmp, "vocab.txt"))
         pre = Preprocessor(vocab_file, lowercase=cfg.data.lowercase, seq_length=cfg.data.seq_length)
-        sampling = data.Sampling(cfg.data.alpha, cfg.train.seed, cfg.data.language_group,
-                                 cfg.data.shuffle_window)
+        sampling = loop.data_sampling(cfg)
         batch = cfg.train.global_batch_size
         it = iter(data.pair_dataset(manifest, pre, batch_size=batch, sampling=sampling))
         start = time.time()
