@@ -158,7 +158,7 @@ def scaling() -> dict:
 def input_throughput() -> dict:
     import tensorflow as tf
 
-    from labse_tf import config as config_lib, data, loop, vocab as vocab_lib
+    from labse_tf import config as config_lib, data, run_setup, vocab as vocab_lib
     from labse_tf.preprocessing import Preprocessor
 
     cfg = config_lib.load_config(FLAGS.config)
@@ -172,7 +172,7 @@ def input_throughput() -> dict:
                 [s for g in sample.values() for s in g], cfg.data.build_vocab_size,
                 max_words=40_000, max_unique_chars=4000), os.path.join(tmp, "vocab.txt"))
         pre = Preprocessor(vocab_file, lowercase=cfg.data.lowercase, seq_length=cfg.data.seq_length)
-        sampling = loop.data_sampling(cfg)
+        sampling = run_setup.data_sampling(cfg)
         batch = cfg.train.global_batch_size
         it = iter(data.pair_dataset(manifest, pre, batch_size=batch, sampling=sampling))
         start = time.time()

@@ -13,6 +13,8 @@
 MODEL_DIR may be any URL `tf.io.gfile` reaches (gs://...); only the chief writes it.
 """
 
+import tempfile
+
 import keras
 import tensorflow as tf
 
@@ -22,7 +24,7 @@ from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
 
 __all__ = ["BEST_DIR", "CHECKPOINT_DIR", "CLOCK_FILE", "CONFIG_FILE", "MANIFEST_FILE",
-           "SCORE_FILE", "SUMMARIES_DIR", "SUMMARY_FILE", "find_checkpoint", "load_run",
+           "SCORE_FILE", "SUMMARIES_DIR", "SUMMARY_FILE", "Saver", "find_checkpoint", "load_run",
            "vocab_path", "write_run", "write_summary"]
 
 CONFIG_FILE = "config.yaml"
@@ -41,6 +43,58 @@ def vocab_path(model_dir: str) -> str:
 def write_summary(summary: dict, model_dir: str) -> str:
     """Writes what a command made and measured as MODEL_DIR/summary.json; returns the path."""
     return files.write_json(files.join(model_dir, SUMMARY_FILE), summary)
+
+
+class Saver:
+    """A run's checkpoints: the latest few, and the one with the best evaluation score.
+
+    Saves are collective under multi-worker training: the other workers save too, into
+    a scratch directory of their own that `close` (or leaving the `with` block) removes
+    however the run ends. Only the chief writes MODEL_DIR.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, keep: int,
+                 is_chief: bool = True):
+        self.is_chief = is_chief
+        self.write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="labse_tf_worker_")
+        self.latest = tf.train.CheckpointManager(
+            checkpoint, files.join(self.write_dir, CHECKPOINT_DIR), max_to_keep=keep,
+            step_counter=checkpoint.step)
+        self.best = tf.train.CheckpointManager(
+            checkpoint, files.join(self.write_dir, BEST_DIR), max_to_keep=1,
+            step_counter=checkpoint.step)
+        self.best_score = _best_score(model_dir)
+
+    def __enter__(self) -> "Saver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.is_chief:
+            files.rmtree(self.write_dir)
+
+    def save(self, step: int) -> str:
+        return self.latest.save(checkpoint_number=step)
+
+    def offer(self, step: int, key: str, score: float | None) -> bool:
+        """Keeps this step's weights as the best if `score` (higher is better) beats the
+        best so far, in this run or the earlier parts of it; returns whether it did."""
+        if score is None or (self.best_score is not None and score <= self.best_score):
+            return False
+        self.best_score = score
+        self.best.save(checkpoint_number=step)
+        files.write_json(files.join(self.write_dir, BEST_DIR, SCORE_FILE), {"step": step, key: score})
+        return True
+
+
+def _best_score(model_dir: str):
+    """The best evaluation score saved by an earlier (resumed) part of this run."""
+    path = files.join(model_dir, BEST_DIR, SCORE_FILE)
+    if not files.exists(path):
+        return None
+    return next(v for k, v in files.read_json(path).items() if k != "step")
 
 
 def find_checkpoint(model_dir: str, checkpoint: str = "") -> str:

@@ -166,7 +166,6 @@ def language_shards(manifest: Manifest, num_pipelines: int, pipeline: int) -> di
     shards = {}
     for lang in manifest.langs:
         held = [(f.path, f.pairs[lang]) for f in manifest.files if f.pairs.get(lang)]
-        total = sum(n for _, n in held)
         load, assigned = [0] * num_pipelines, [[] for _ in range(num_pipelines)]
         for index in sorted(range(len(held)), key=lambda i: (-held[i][1], i)):
             target = min(range(num_pipelines), key=lambda p: (load[p], p))

@@ -29,12 +29,13 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, files, loop as loop_lib
+from labse_tf import checkpoints, config as config_lib, data, distribute, files, run_setup
 from labse_tf.checkpoints import CHECKPOINT_DIR
-from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
+from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
 from labse_tf.losses import masked_lm_loss
 from labse_tf.model import INPUT_NAMES, build_encoder, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
+from labse_tf.run_setup import define_run_flags, prepare_run
 # Shared with labse_tf.train rather than copied (its home should be distribute.py).
 
 __all__ = ["Stage", "build_masked_lm", "mlm_gradients", "mlm_variables", "plan_stages",
@@ -221,8 +222,8 @@ def _distributed_examples(strategy, manifest, preprocessor, cfg: config_lib.Conf
         return data.masked_lm_dataset(
             manifest, preprocessor,
             batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=loop_lib.data_sampling(cfg), masking=masking,
-            start_step=loop_lib.pipeline_batches(ctx, start_step),
+            sampling=run_setup.data_sampling(cfg), masking=masking,
+            start_step=run_setup.pipeline_batches(ctx, start_step),
             num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
             trim=not static)
 
@@ -290,14 +291,11 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
             iterator = _distributed_examples(strategy, manifest, preprocessor, cfg,
                                              int(step.numpy()))
         result = run_loop(
-            loop=compile_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"]),
-            iterator=iterator, checkpoint=checkpoint, step=step, model_dir=stage.model_dir,
-            total_steps=cfg.train.steps, steps_per_loop=cfg.train.steps_per_loop,
-            checkpoint_every=cfg.train.checkpoint_every,
-            keep_checkpoints=cfg.train.keep_checkpoints,
-            examples_per_step=cfg.train.global_batch_size,
-            learning_rate=lambda o=optimizer: float(o.learning_rate), log=log,
-            stop_at=stage.end, is_chief=is_chief)
+            compile_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"]),
+            iterator, checkpoint, stage.model_dir,
+            LoopOptions.from_train(cfg.train, stop_at=stage.end),
+            learning_rate=lambda o=optimizer: float(o.learning_rate), is_chief=is_chief,
+            log=log)
         results.append({"stage": stage.number, "num_layers": stage.num_layers,
                         "start_step": stage.start, "end_step": stage.end,
                         "checkpoint": result.checkpoint, "final_metrics": result.metrics})
@@ -336,5 +334,5 @@ if __name__ == "__main__":
     define_run_flags()
     FLAGS.set_default("config", "tiny_pretrain")
     FLAGS.set_default("model_dir", os.path.join("runs", "pretrain"))  # a local default
-    flags.adopt_module_key_flags(loop_lib)
+    flags.adopt_module_key_flags(run_setup)
     app.run(main)

@@ -12,7 +12,6 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 """
 
 import dataclasses
-import os
 import sys
 
 import keras
@@ -21,11 +20,12 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
-from labse_tf import loop as loop_lib
+from labse_tf import run_setup
 from labse_tf.gradients import compute_gradients, seed_generators
-from labse_tf.loop import NonFiniteLossError, compile_loop, define_run_flags, prepare_run, run_loop
+from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
 from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer, retarget_decay
+from labse_tf.run_setup import define_run_flags, prepare_run
 
 FLAGS = flags.FLAGS
 
@@ -60,8 +60,8 @@ def distributed_pairs(strategy, manifest, preprocessor, cfg, start_step):
         return data.pair_dataset(
             manifest, preprocessor,
             batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=loop_lib.data_sampling(cfg),
-            start_step=loop_lib.pipeline_batches(ctx, start_step),
+            sampling=run_setup.data_sampling(cfg),
+            start_step=run_setup.pipeline_batches(ctx, start_step),
             num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
             trim=not static)
 
@@ -167,16 +167,13 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
     loop = compile_loop(strategy, step_fn, names)
     eval_sets = eval_sets or {}
     evaluate_fn = _eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None
-    result = run_loop(
-        loop=loop, iterator=iterator, checkpoint=checkpoint, step=step, model_dir=model_dir,
-        total_steps=cfg.train.steps, steps_per_loop=cfg.train.steps_per_loop,
-        checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
-        examples_per_step=cfg.train.global_batch_size,
-        learning_rate=lambda: float(optimizer.learning_rate),
-        evaluate=evaluate_fn, eval_every=cfg.train.eval_every,
-        eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "", log=log,
-        is_chief=is_chief, time_budget=cfg.train.time_budget_minutes * 60,
-        retarget=lambda end: retarget_decay(optimizer, end))
+    options = LoopOptions.from_train(
+        cfg.train, eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "",
+        time_budget=cfg.train.time_budget_minutes * 60)
+    result = run_loop(loop, iterator, checkpoint, model_dir, options,
+                      learning_rate=lambda: float(optimizer.learning_rate), evaluate=evaluate_fn,
+                      retarget=lambda end: retarget_decay(optimizer, end), is_chief=is_chief,
+                      log=log)
     summary = {
         "model_dir": files.absolute(model_dir), "step": result.step,
         "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,
@@ -246,5 +243,5 @@ def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:
 if __name__ == "__main__":
     define_run_flags()
     define_train_flags()
-    flags.adopt_module_key_flags(loop_lib)
+    flags.adopt_module_key_flags(run_setup)
     app.run(main)

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from conftest import copy_to_ram
-from labse_tf import checkpoints, config as config_lib, convert, data, loop, train
+from labse_tf import checkpoints, config as config_lib, convert, data, run_setup, train
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor, read_vocab
 
@@ -444,7 +444,7 @@ def test_converted_model_is_a_training_start(vocab_file, tmp_path):
     converted = str(tmp_path / "labse")
     convert.convert("hf", source, converted, log=lambda m: None)
     cfg = config_lib.load_config(os.path.join(converted, "config.yaml"))
-    cfg, _, preprocessor = loop.prepare_run(cfg, str(tmp_path / "finetune"),
+    cfg, _, preprocessor = run_setup.prepare_run(cfg, str(tmp_path / "finetune"),
                                                [data.sample_corpus_path("train")], lambda m: None)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size, cfg.train.precision)
     train.init_from_pretrained(encoder, converted, log=lambda m: None)

@@ -9,9 +9,9 @@ import types
 import pytest
 import tensorflow as tf
 
-from labse_tf import loop as loop_lib
+from labse_tf import loop as loop_lib, pacing
 from labse_tf.checkpoints import CLOCK_FILE
-from labse_tf.loop import run_loop
+from labse_tf.loop import LoopOptions, run_loop
 
 SECONDS_PER_STEP = 0.02
 STEPS_PER_LOOP = 5
@@ -27,7 +27,8 @@ class _Clock:
 
 def _run(model_dir, budget, monkeypatch, total_steps=10_000, trace_seconds=0.5):
     clock = _Clock()
-    monkeypatch.setattr(loop_lib, "time", types.SimpleNamespace(time=clock.time))
+    for module in (loop_lib, pacing):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=clock.time))
     calls = []
 
     def fake_loop(iterator, num_steps):
@@ -42,11 +43,11 @@ def _run(model_dir, budget, monkeypatch, total_steps=10_000, trace_seconds=0.5):
     if latest:
         checkpoint.restore(latest)
     ends, lines = [], []
-    result = run_loop(loop=fake_loop, iterator=None, checkpoint=checkpoint, step=step,
-                      model_dir=str(model_dir), total_steps=total_steps,
-                      steps_per_loop=STEPS_PER_LOOP, checkpoint_every=1_000, keep_checkpoints=2,
-                      examples_per_step=8, learning_rate=lambda: 0.0, log=lines.append,
-                      time_budget=budget, retarget=ends.append)
+    options = LoopOptions(total_steps=total_steps, steps_per_loop=STEPS_PER_LOOP,
+                          checkpoint_every=1_000, keep_checkpoints=2, examples_per_step=8,
+                          time_budget=budget)
+    result = run_loop(fake_loop, None, checkpoint, str(model_dir), options,
+                      learning_rate=lambda: 0.0, retarget=ends.append, log=lines.append)
     return result, ends, lines
 
 
