@@ -5,11 +5,16 @@ r"""Builds a multilingual wordpiece vocabulary with per-language exponent smooth
 Sentences are sampled per language with p(lang) ∝ n_lang^alpha (LaBSE's smoothing) up to
 --max_sentences in all, so memory stays bounded on large inputs and small languages still
 get tokens; both sides of translation pairs are used. Text is normalised exactly as the
-Preprocessor does, then tensorflow-text's wordpiece learner picks the pieces. A coverage
-summary per language (unknown-token rate, pieces per word) is printed and written as JSON
-beside the vocabulary.
+Preprocessor does and split into words, and tensorflow-text's wordpiece learner picks the
+pieces from the word counts (`learn_vocab`). A coverage summary per language (unknown-token
+rate, pieces per word) is printed and written as JSON beside the vocabulary.
+
+`labse_tf.prepare` learns from word counts of the whole corpus instead of a sample: it
+counts with `count_words`, smooths the counts with `smoothed_word_counts` (the same
+sizes as the sample here) and learns with `learn_vocab`.
 """
 
+import collections
 import sys
 import time
 from typing import Sequence
@@ -17,13 +22,16 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
+from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
+from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
 from labse_tf import data, files
 from labse_tf.corpus import Manifest
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize
 
-__all__ = ["build_vocab", "coverage", "sample_sentences", "smoothed_sample_sizes", "write_vocab"]
+__all__ = ["build_vocab", "count_words", "coverage", "learn_vocab", "print_coverage",
+           "sample_sentences", "smoothed_sample_sizes", "smoothed_word_counts", "write_coverage",
+           "write_vocab"]
 
 
 def smoothed_sample_sizes(counts: Sequence[int], alpha: float, budget: int) -> np.ndarray:
@@ -65,20 +73,62 @@ def sample_sentences(manifest: Manifest, alpha: float, budget: int, seed: int) -
     return {lang: sample[lang][:n] for lang, n in zip(manifest.langs, sizes) if n}
 
 
-def _normalized(sentences: Sequence[str], lowercase: bool) -> tf.data.Dataset:
-    return (tf.data.Dataset.from_tensor_slices(tf.constant(list(sentences), tf.string))
-            .batch(1024).map(lambda s: normalize(s, lowercase)))
-
-
-def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = True,
-                max_unique_chars: int = 0, max_words: int = 200_000) -> list[str]:
-    """Learns a wordpiece vocabulary (reserved tokens first, [PAD] at id 0).
+def count_words(sentences: Sequence[str | bytes], lowercase: bool = True) -> collections.Counter:
+    """Words of raw sentences, normalised and split as the Preprocessor does, counted.
 
     Args:
-      sentences: raw sentences (normalised here as the Preprocessor will).
+      sentences: raw sentences.
+      lowercase: bool. Must match the Preprocessor's.
+
+    Returns:
+      Counter of str words.
+    """
+    # BERT's splitter without its own case folding: text arrives normalised already.
+    splitter = BasicTokenizer(lower_case=False)
+    batches = (tf.data.Dataset.from_tensor_slices(tf.constant(list(sentences), tf.string))
+               .batch(1024).map(lambda s: splitter.tokenize(normalize(s, lowercase))))
+    counts = collections.Counter()
+    for words in batches:
+        counts.update(words.flat_values.numpy().tolist())
+    return collections.Counter({w.decode("utf-8"): n for w, n in counts.items()})
+
+
+def smoothed_word_counts(counts_by_lang: dict, sentences: dict, alpha: float,
+                         budget: int) -> collections.Counter:
+    """Word counts of whole languages scaled to the smoothed sample `sample_sentences` takes.
+
+    Language l's counts are multiplied by s_l / n_l, s = smoothed_sample_sizes(n, alpha,
+    budget) with n_l its sentences, and rounded: what a sample of s_l sentences would
+    count in expectation. When the budget covers every sentence, s = n and the counts are
+    those of the whole corpus, unchanged.
+
+    Args:
+      counts_by_lang: dict lang -> {word: count}. Words of all sentences of each language.
+      sentences: dict lang -> int. Sentences each language's counts were taken from.
+      alpha: float. Smoothing exponent, p(lang) ∝ n^alpha.
+      budget: int. Sentences of the sample in all.
+
+    Returns:
+      Counter of words summed over languages (zero counts dropped).
+    """
+    langs = sorted(counts_by_lang)
+    n = [sentences[lang] for lang in langs]
+    total = collections.Counter()
+    for lang, size, take in zip(langs, n, smoothed_sample_sizes(n, alpha, budget)):
+        scale = take / size if size else 0.0
+        for word, count in counts_by_lang[lang].items():
+            total[word] += count if take == size else count * scale
+    return collections.Counter({w: int(round(c)) for w, c in total.items() if round(c) > 0})
+
+
+def learn_vocab(word_counts: dict, vocab_size: int, *, max_unique_chars: int = 0,
+                max_words: int = 200_000) -> list[str]:
+    """Learns a wordpiece vocabulary from word counts (reserved tokens first, [PAD] at id 0).
+
+    Args:
+      word_counts: dict word -> count, words as `count_words` splits them.
       vocab_size: int. Target size. The learner lowers its word-count threshold until
         it gets within 5% below it; a corpus too small for that can end above it.
-      lowercase: bool. Must match the Preprocessor's.
       max_unique_chars: int. The most frequent characters kept as single tokens (words
         with any other character are dropped from learning and become [UNK]); 0 = a
         tenth of vocab_size, at least 1000 (the learner's own default), so a corpus with
@@ -89,12 +139,20 @@ def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = 
     Returns:
       The vocabulary as a list of tokens.
     """
-    # Text arrives normalised, so the learner's own splitter must not change it again.
-    return bert_vocab.bert_vocab_from_dataset(
-        _normalized(sentences, lowercase), vocab_size, list(SPECIAL_TOKENS),
-        bert_tokenizer_params={"lower_case": False},
-        learn_params={"lower_thresh": 1, "max_input_tokens": max_words,
-                      "max_unique_chars": max_unique_chars or max(1000, vocab_size // 10)})
+    # One order for equal counts (the learner's cut at max_words keeps the first ones),
+    # so the vocabulary does not depend on the order the counts were gathered in.
+    ordered = sorted(word_counts.items(), key=lambda wc: (-wc[1], wc[0]))
+    return learner.learn(ordered, vocab_size, list(SPECIAL_TOKENS), lower_thresh=1,
+                         max_input_tokens=max_words,
+                         max_unique_chars=max_unique_chars or max(1000, vocab_size // 10))
+
+
+def build_vocab(sentences: Sequence[str], vocab_size: int, *, lowercase: bool = True,
+                max_unique_chars: int = 0, max_words: int = 200_000) -> list[str]:
+    """Learns a wordpiece vocabulary from raw sentences: `count_words`, then `learn_vocab`
+    (see there for the arguments; `lowercase` must match the Preprocessor's)."""
+    return learn_vocab(count_words(sentences, lowercase), vocab_size,
+                       max_unique_chars=max_unique_chars, max_words=max_words)
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> str:
@@ -115,6 +173,24 @@ def coverage(preprocessor: Preprocessor, sentences_by_lang: dict) -> dict:
             "pieces_per_word": float(flat.size / words) if words else 0.0,
         }
     return result
+
+
+def write_coverage(vocab_path: str, sentences_by_lang: dict, *, lowercase: bool,
+                   **fields) -> tuple[str, dict]:
+    """Coverage of `sentences_by_lang` by a vocabulary, written beside it as
+    `<vocab>.coverage.json` with `fields` (how it was learned); returns (path, report)."""
+    tokens = files.read_text(vocab_path).splitlines()
+    report = coverage(Preprocessor(vocab_path, lowercase=lowercase), sentences_by_lang)
+    summary = {"vocab_file": files.absolute(vocab_path), "vocab_size": len(tokens),
+               "lowercase": lowercase, **fields, "languages": report}
+    return files.write_json(vocab_path + ".coverage.json", summary), report
+
+
+def print_coverage(report: dict, worst: int = 10) -> None:
+    """The languages the vocabulary covers worst."""
+    print("lang      unk%  pieces/word")
+    for lang, r in sorted(report.items(), key=lambda kv: -kv[1]["unk_rate"])[:worst]:
+        print(f"{lang:8s} {100 * r['unk_rate']:5.2f}  {r['pieces_per_word']:.2f}")
 
 
 FLAGS = flags.FLAGS
@@ -158,15 +234,9 @@ def main(argv):
     tokens = build_vocab(sentences, FLAGS.vocab_size, lowercase=FLAGS.lowercase,
                          max_unique_chars=FLAGS.max_unique_chars, max_words=FLAGS.max_words)
     path = write_vocab(tokens, FLAGS.output)
-    report = coverage(Preprocessor(path, lowercase=FLAGS.lowercase), sample)
-    summary = {"vocab_file": files.absolute(path), "vocab_size": len(tokens),
-               "alpha": FLAGS.alpha, "lowercase": FLAGS.lowercase,
-               "sampled_sentences": len(sentences), "languages": report}
-    json_path = files.write_json(path + ".coverage.json", summary)
-    worst = sorted(report.items(), key=lambda kv: -kv[1]["unk_rate"])[:10]
-    print("lang      unk%  pieces/word")
-    for lang, r in worst:
-        print(f"{lang:8s} {100 * r['unk_rate']:5.2f}  {r['pieces_per_word']:.2f}")
+    json_path, report = write_coverage(path, sample, lowercase=FLAGS.lowercase,
+                                       alpha=FLAGS.alpha, sampled_sentences=len(sentences))
+    print_coverage(report)
     print(f"wrote {path} ({len(tokens)} tokens) and {json_path} in {time.time() - start:.0f}s")
 
 
