@@ -17,7 +17,12 @@ again, and a resumed run checks that its files are still the ones counted:
                 "malformed": 2, "malformed_examples": ["17: empty source field", ...]}, ...]}
 
 Paths in the manifest are as given (URLs stay URLs); a manifest written by `prepare`
-beside its shards names them relative to its own directory.
+beside its shards names them relative to its own directory, and adds what it read and
+dropped (`Preparation`: its input files, counted as above, and the pairs it dropped):
+
+    "preparation": {"inputs": [{"path": "gs://b/raw/deu.tsv.gz", ...}, ...],
+                    "excluded": {"deu": 3, ...}, "duplicates": {"deu": 120, ...},
+                    "exclude_files": ["gs://b/tatoeba.deu"]}
 """
 
 import collections
@@ -30,7 +35,7 @@ import tensorflow as tf
 
 from labse_tf import files
 
-__all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest",
+__all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest", "Preparation",
            "build_manifest", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
            "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "write_manifest"]
 
@@ -212,10 +217,32 @@ class FileEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class Preparation:
+    """What `labse_tf.prepare` read to write a corpus, and what it dropped."""
+
+    inputs: tuple             # of FileEntry: the raw files, valid pairs and malformed lines
+    excluded: dict            # language -> pairs dropped: a side is an --exclude sentence
+    duplicates: dict          # language -> pairs dropped: the same pair came before
+    exclude_files: tuple = ()
+
+    @property
+    def malformed(self) -> int:
+        return sum(f.malformed for f in self.inputs)
+
+    def to_json(self) -> dict:
+        return {"inputs": [_entry_json(f) for f in self.inputs],
+                "malformed": self.malformed,
+                "excluded": dict(sorted(self.excluded.items())),
+                "duplicates": dict(sorted(self.duplicates.items())),
+                "exclude_files": list(self.exclude_files)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """A corpus: its files with their per-language pair counts."""
 
     files: tuple  # of FileEntry, in input order
+    preparation: Preparation | None = None  # for a corpus written by labse_tf.prepare
 
     def counts(self) -> dict:
         """Valid pairs per language, languages sorted."""
@@ -247,11 +274,32 @@ class Manifest:
                                        for e in f.malformed_examples][:20]}
 
     def to_json(self) -> dict:
-        return {"version": MANIFEST_VERSION, "pairs": self.pairs, "malformed": self.malformed,
-                "languages": self.counts(),
-                "files": [{"path": f.path, "bytes": f.bytes, "pairs": dict(sorted(f.pairs.items())),
-                           "malformed": f.malformed,
-                           "malformed_examples": list(f.malformed_examples)} for f in self.files]}
+        raw = {"version": MANIFEST_VERSION, "pairs": self.pairs, "malformed": self.malformed,
+               "languages": self.counts(), "files": [_entry_json(f) for f in self.files]}
+        if self.preparation:
+            raw["preparation"] = self.preparation.to_json()
+        return raw
+
+
+def _entry_json(f: FileEntry) -> dict:
+    return {"path": f.path, "bytes": f.bytes, "pairs": dict(sorted(f.pairs.items())),
+            "malformed": f.malformed, "malformed_examples": list(f.malformed_examples)}
+
+
+def _entries(raw, base: str, where: str) -> list[FileEntry]:
+    """FileEntry of each JSON entry; relative paths are taken from `base`."""
+    entries = []
+    for i, f in enumerate(raw or ()):
+        try:
+            p = f["path"]
+            entries.append(FileEntry(
+                path=p if files.is_url(p) or p.startswith("/") else files.join(base, p),
+                bytes=int(f["bytes"]), pairs={k: int(v) for k, v in f["pairs"].items()},
+                malformed=int(f.get("malformed", 0)),
+                malformed_examples=tuple(f.get("malformed_examples", ()))))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{where}[{i}]: malformed entry ({e!r})") from None
+    return entries
 
 
 def write_manifest(manifest: Manifest, path: str) -> str:
@@ -272,20 +320,20 @@ def read_manifest(path: str) -> Manifest:
         raise DataError(f"{path}: version: expected {MANIFEST_VERSION}, got "
                         f"{raw.get('version') if isinstance(raw, dict) else raw!r}")
     base = files.dirname(path)
-    entries = []
-    for i, f in enumerate(raw.get("files") or ()):
-        try:
-            p = f["path"]
-            entries.append(FileEntry(
-                path=p if files.is_url(p) or p.startswith("/") else files.join(base, p),
-                bytes=int(f["bytes"]), pairs={k: int(v) for k, v in f["pairs"].items()},
-                malformed=int(f.get("malformed", 0)),
-                malformed_examples=tuple(f.get("malformed_examples", ()))))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DataError(f"{path}: files[{i}]: malformed entry ({e!r})") from None
+    entries = _entries(raw.get("files"), base, f"{path}: files")
     if not entries:
         raise DataError(f"{path}: files: the manifest lists no file")
-    return Manifest(tuple(entries))
+    prep = raw.get("preparation")
+    if prep is not None:
+        try:
+            prep = Preparation(
+                inputs=tuple(_entries(prep["inputs"], base, f"{path}: preparation.inputs")),
+                excluded={k: int(v) for k, v in prep["excluded"].items()},
+                duplicates={k: int(v) for k, v in prep["duplicates"].items()},
+                exclude_files=tuple(prep.get("exclude_files", ())))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: preparation: malformed ({e!r})") from None
+    return Manifest(tuple(entries), prep)
 
 
 def resolve_inputs(patterns: Iterable[str]) -> tuple[list[str], Manifest | None]:

@@ -19,9 +19,8 @@ import tensorflow as tf
 
 __all__ = ["FileError", "absolute", "basename", "copy", "dirname", "exists", "expand",
            "glob", "has_magic", "is_url", "isdir", "join", "listdir", "makedirs", "open_file",
-           "read_json", "read_text", "remove", "rename", "rmtree", "size", "write_bytes",
-           "write_json",
-           "write_text"]
+           "read_json", "read_text", "record_writer", "remove", "rename", "rmtree", "size",
+           "write_bytes", "write_json", "write_text"]
 
 
 class FileError(ValueError):
@@ -139,6 +138,14 @@ def open_file(path: str, mode: str = "r") -> Iterator[IO]:
                 finally:
                     text.flush()
                     text.detach()
+
+
+def record_writer(path: str) -> tf.io.TFRecordWriter:
+    """An uncompressed TFRecord file for writing on any filesystem (replacing it)."""
+    makedirs(dirname(path))
+    if is_url(path):
+        _clear(path)
+    return tf.io.TFRecordWriter(path)
 
 
 def read_text(path: str) -> str:

@@ -10,7 +10,7 @@ pieces from the word counts (`learn_vocab`). A coverage summary per language (un
 rate, pieces per word) is printed and written as JSON beside the vocabulary.
 
 `labse_tf.prepare` learns from word counts of the whole corpus instead of a sample: it
-counts with `count_words`, smooths the counts with `smoothed_word_counts` (the same
+splits with `split_words`, smooths the counts with `smoothed_word_counts` (the same
 sizes as the sample here) and learns with `learn_vocab`.
 """
 
@@ -30,8 +30,8 @@ from labse_tf.corpus import Manifest
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize
 
 __all__ = ["build_vocab", "count_words", "coverage", "learn_vocab", "print_coverage",
-           "sample_sentences", "smoothed_sample_sizes", "smoothed_word_counts", "write_coverage",
-           "write_vocab"]
+           "sample_sentences", "smoothed_sample_sizes", "smoothed_word_counts", "split_words",
+           "write_coverage", "write_vocab"]
 
 
 def smoothed_sample_sizes(counts: Sequence[int], alpha: float, budget: int) -> np.ndarray:
@@ -73,22 +73,24 @@ def sample_sentences(manifest: Manifest, alpha: float, budget: int, seed: int) -
     return {lang: sample[lang][:n] for lang, n in zip(manifest.langs, sizes) if n}
 
 
-def count_words(sentences: Sequence[str | bytes], lowercase: bool = True) -> collections.Counter:
-    """Words of raw sentences, normalised and split as the Preprocessor does, counted.
+def split_words(sentences: tf.Tensor, lowercase: bool = True) -> tf.RaggedTensor:
+    """Raw sentences `[n]` → their words `[n, (words)]`, normalised and split as the
+    Preprocessor does (BERT's splitter without its own case folding: the text arrives
+    normalised already)."""
+    return BasicTokenizer(lower_case=False).tokenize(normalize(sentences, lowercase))
 
-    Args:
-      sentences: raw sentences.
-      lowercase: bool. Must match the Preprocessor's.
+
+def count_words(sentences: Sequence[str | bytes], lowercase: bool = True,
+                batch: int = 4096) -> collections.Counter:
+    """Words of raw sentences (`split_words`, `lowercase` as the Preprocessor's), counted.
 
     Returns:
       Counter of str words.
     """
-    # BERT's splitter without its own case folding: text arrives normalised already.
-    splitter = BasicTokenizer(lower_case=False)
-    batches = (tf.data.Dataset.from_tensor_slices(tf.constant(list(sentences), tf.string))
-               .batch(1024).map(lambda s: splitter.tokenize(normalize(s, lowercase))))
+    sentences = list(sentences)
     counts = collections.Counter()
-    for words in batches:
+    for i in range(0, len(sentences), batch):
+        words = split_words(tf.constant(sentences[i:i + batch], tf.string), lowercase)
         counts.update(words.flat_values.numpy().tolist())
     return collections.Counter({w.decode("utf-8"): n for w, n in counts.items()})
 

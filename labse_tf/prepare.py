@@ -1,0 +1,478 @@
+r"""Prepares a corpus at scale on Apache Beam: validate, clean, count, shard, learn a vocabulary.
+
+    python -m labse_tf.prepare --input='gs://b/raw/*.tsv.gz' --output=gs://b/prepared \
+        [--exclude=gs://b/test/tatoeba.deu ...] [--vocab_size=501153] \
+        [--runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp ...]
+
+Reads every format training reads (corpus.py), from any filesystem TensorFlow reaches,
+and writes what training reads best; `--train_data=DIR` trains on it with no other step:
+
+    DIR/manifest.json     the corpus manifest: each shard and its pairs per language, and
+                          (`preparation`) the inputs as counted, malformed and dropped pairs
+    DIR/pairs/LANG-00000-of-00004.tfrecord   tf.train.Example `src_raw`, `tgt_raw`, `lang`
+    DIR/malformed.txt     every malformed line, `file:line: why` (in no particular order)
+    DIR/vocab.txt, DIR/vocab.txt.coverage.json   with --vocab_size
+    DIR/summary.json      what was read, kept and dropped, per language, and the paths
+
+Each line is validated by `corpus.parsed_file`, the reader training runs, so malformed
+lines and their line numbers are the ones training reports. A file is one element: one
+worker streams it whole, which keeps line numbers exact without a pass to number lines,
+and the pipeline parallelises across files only: split a huge file into many for speed.
+Valid pairs are normalised as the Preprocessor does (`preprocessing.normalize`: UTF-8
+repair, NFKC, case folding with --lowercase); a pair is dropped when either side equals a
+sentence of an --exclude file (normalised the same way: test-set decontamination), or
+when it is an exact duplicate of another (same language and both sides, after normalising).
+
+The kept pairs of a language go into shards of about --shard_mb megabytes, each pair to
+the shard its hash picks, sorted by that hash within the shard (so a shard is a fixed
+pseudo-random sample of its language, the same on any runner; a shard is sorted in one
+worker's memory). With --vocab_size the words of all kept sentences are counted per
+language in the pipeline, smoothed (`vocab.smoothed_word_counts`, p(lang) ∝ n^alpha, the
+sizes `labse_tf.vocab` samples) and learned from (`vocab.learn_vocab`). Only the
+--max_words most frequent words of each language reach the learner (bounded memory);
+the learner keeps the --max_words most frequent of all after smoothing, so the cut loses
+nothing unless a word's count is a sum over languages. With --vocab_sentences at least
+the corpus's sentences, the smoothing keeps every count and the vocabulary equals that of
+`labse_tf.vocab --input=DIR` with the same settings (tested); with fewer, `labse_tf.vocab`
+learns from a random sample of that size and prepare from the counts that sample has in
+expectation, so the two differ by sampling noise. Coverage is measured on up to
+--coverage_sentences random sentences per language.
+
+Runners: the default DirectRunner needs no set-up and runs in this process (Beam's
+FnApiRunner; speed: bench/README.md); `--direct_num_workers=N
+--direct_running_mode=multi_processing` uses N processes. PrismRunner downloads its binary
+on first use. Other Beam options (`--project`, `--temp_location`, ...) are passed through.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import json
+import re
+import sys
+import time
+
+try:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms import window
+except ImportError:  # the core package does not need Beam
+    raise ImportError("labse_tf.prepare needs Apache Beam: pip install 'labse_tf[prepare]'") from None
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from labse_tf import corpus, files, vocab
+from labse_tf.corpus import DataError, FileEntry, Manifest, Preparation
+from labse_tf.preprocessing import normalize
+
+__all__ = ["PrepareConfig", "prepare"]
+
+PAIRS_DIR = "pairs"
+MALFORMED_FILE = "malformed.txt"
+SUMMARY_FILE = "summary.json"
+VOCAB_FILE = "vocab.txt"
+_WORK_DIR = "_prepare"  # the pipeline's results for the driver; removed at the end
+_LOG_EVERY = 30.0  # seconds between progress lines within one file
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """What `prepare` does; the command-line flags of the same names."""
+
+    lowercase: bool = False        # case-fold the text written (and compared)
+    shard_mb: float = 128.0        # target shard size: GCS reads 100-200 MB objects well
+    vocab_size: int = 0            # 0: no vocabulary
+    vocab_lowercase: bool = True   # the vocabulary's case folding (must match data.lowercase)
+    alpha: float = 0.3             # language smoothing of the word counts, p ∝ n^alpha
+    vocab_sentences: int = 400_000  # the smoothed sample the counts are scaled to
+    max_words: int = 200_000       # distinct words learned from (per language in the pipeline)
+    max_unique_chars: int = 0      # as labse_tf.vocab's flag
+    coverage_sentences: int = 2000  # per language, for the coverage report
+    report: int = 5                # malformed examples kept per input file
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _safe_name(lang: str) -> str:
+    """A file-name form of a language code (the records carry the code itself)."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", lang):
+        return lang
+    digest = hashlib.md5(lang.encode("utf-8")).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", lang)[:32] + "-" + digest
+
+
+def _hash(*parts: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(b"\t".join(parts), digest_size=8).digest(), "big")
+
+
+def read_sentences(paths) -> list[str]:
+    """Sentences of --exclude files: every tab-separated field of every line, stripped
+    (so a test set of pairs can be given as it is), blank ones skipped. Held in memory:
+    test sets are small."""
+    fields = []
+    for path in paths:
+        with files.open_file(path, "r") as f:
+            fields += [x.strip() for line in f for x in line.rstrip("\n").split("\t")]
+    fields = [x for x in fields if x]
+    return fields
+
+
+class _ReadFile(beam.DoFn):
+    """One input file → its valid pairs, normalised, minus excluded ones.
+
+    Main output: ((lang, src, tgt), 1) with bytes text. Tagged outputs: `malformed`
+    (`file:line: why`), `excluded` ((lang, pairs) per file) and `input` (the file's
+    FileEntry as JSON: valid pairs per language, malformed lines).
+    """
+
+    def __init__(self, cfg: PrepareConfig, exclude: frozenset):
+        self._cfg, self._exclude = cfg, exclude
+
+    def process(self, element):
+        index, path = element
+        start = shown = time.time()
+        pairs, excluded = collections.Counter(), collections.Counter()
+        malformed, examples, lines = 0, [], 0
+        lowercase = self._cfg.lowercase
+        reader = corpus.parsed_file(tf.constant(path), tf.constant(corpus.file_kind(path)),
+                                    tf.constant(corpus.file_language(path))).map(
+            lambda b: {**b, "src": normalize(b["src"], lowercase),
+                       "tgt": normalize(b["tgt"], lowercase)})
+        try:
+            for batch in reader.as_numpy_iterator():
+                error = batch["error"]
+                lines += len(error)
+                for i in np.flatnonzero(error != b""):
+                    why = error[i].decode("utf-8")
+                    malformed += 1
+                    if len(examples) < self._cfg.report:
+                        examples.append(f"{batch['line'][i]}: {why}")
+                    yield beam.pvalue.TaggedOutput("malformed", f"{path}:{batch['line'][i]}: {why}")
+                ok = np.flatnonzero((error == b"") & ~batch["blank"])
+                for lang, src, tgt in zip(batch["lang"][ok].tolist(), batch["src"][ok].tolist(),
+                                          batch["tgt"][ok].tolist()):
+                    lang = lang.decode("utf-8")
+                    pairs[lang] += 1
+                    if src in self._exclude or tgt in self._exclude:
+                        excluded[lang] += 1
+                    else:
+                        yield (lang, src, tgt), 1
+                if time.time() - shown > _LOG_EVERY:
+                    shown = time.time()
+                    _log(f"prepare: {path}: {lines:,} lines, {lines / (shown - start):,.0f} lines/s")
+        except tf.errors.OpError as e:
+            raise DataError(f"{path}: cannot read: {e.message.splitlines()[0]}") from None
+        for lang, n in excluded.items():
+            yield beam.pvalue.TaggedOutput("excluded", (lang, n))
+        entry = {"index": index, "path": path, "bytes": files.size(path), "pairs": dict(pairs),
+                 "malformed": malformed, "malformed_examples": examples}
+        yield beam.pvalue.TaggedOutput("input", json.dumps(entry, ensure_ascii=False))
+        _log(f"prepare: read {path}: {sum(pairs.values()):,} pairs, {malformed} malformed, "
+             f"{sum(excluded.values())} excluded ({time.time() - start:.1f}s)")
+
+
+def _example(pair) -> tuple:
+    """(lang, src, tgt) → (lang, (hash, serialized tf.train.Example))."""
+    lang, src, tgt = pair
+    feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+    record = tf.train.Example(features=tf.train.Features(feature={
+        "src_raw": feature(src), "tgt_raw": feature(tgt),
+        "lang": feature(lang.encode("utf-8"))})).SerializeToString()
+    return lang, (_hash(lang.encode("utf-8"), src, tgt), record)
+
+
+def _shard_key(item, sizes: dict, shard_bytes: float):
+    """(lang, (hash, record)) → ((lang, shard, shards), (hash, record))."""
+    lang, (key, record) = item
+    shards = max(1, int(np.ceil(sizes[lang][1] / shard_bytes)))
+    return (lang, key % shards, shards), (key, record)
+
+
+class _WriteShard(beam.DoFn):
+    """All records of one shard → DIR/pairs/LANG-SSSSS-of-NNNNN.tfrecord, sorted by hash."""
+
+    def __init__(self, output: str):
+        self._output = output
+
+    def process(self, element):
+        (lang, shard, shards), records = element
+        name = f"{PAIRS_DIR}/{_safe_name(lang)}-{shard:05d}-of-{shards:05d}.tfrecord"
+        n = 0
+        with files.record_writer(files.join(self._output, name)) as writer:
+            for _, record in sorted(records):
+                writer.write(record)
+                n += 1
+        yield json.dumps({"lang": lang, "shard": shard, "path": name, "pairs": n},
+                         ensure_ascii=False)
+
+
+class _CountWords(beam.DoFn):
+    """(lang, sentence) → ((lang, word), count) per batch of sentences, the words split by
+    `vocab.split_words` (one TF call per batch of any languages)."""
+
+    BATCH = 4096
+
+    def __init__(self, lowercase: bool):
+        self._lowercase = lowercase
+
+    def start_bundle(self):
+        self._pending = []
+
+    def process(self, element):
+        self._pending.append(element)
+        if len(self._pending) >= self.BATCH:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for item in self._flush():
+            yield window.GlobalWindows.windowed_value(item)
+
+    def _flush(self):
+        if not self._pending:
+            return
+        langs, sentences = zip(*self._pending)
+        self._pending = []
+        words = vocab.split_words(tf.constant(sentences, tf.string), self._lowercase).to_list()
+        counts = collections.Counter((lang, w) for lang, row in zip(langs, words) for w in row)
+        for (lang, word), n in counts.items():
+            yield (lang, word.decode("utf-8")), n
+
+
+class _WriteLines(beam.PTransform):
+    """str elements → one file through the file layer (in no particular order)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, lines):
+        path = self._path
+
+        def write(_, group):
+            files.makedirs(files.dirname(path))
+            with files.open_file(path, "w") as f:
+                for line in group:
+                    f.write(line + "\n")
+
+        return (lines | beam.Map(lambda line: (None, line)) | beam.GroupByKey()
+                | beam.MapTuple(write))
+
+
+def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
+                   cfg: PrepareConfig) -> None:
+    """The pipeline's transforms; results go to files under `output` (see `prepare`)."""
+    work = files.join(output, _WORK_DIR)
+    read = (p | "files" >> beam.Create(list(enumerate(inputs))) | beam.Reshuffle()
+            | "read" >> beam.ParDo(_ReadFile(cfg, exclude)).with_outputs(
+                "malformed", "excluded", "input", main="pairs"))
+    counted = read.pairs | "dedup" >> beam.CombinePerKey(sum)
+    (counted | beam.FlatMap(lambda kv: [(kv[0][0], kv[1] - 1)] if kv[1] > 1 else [])
+     | "duplicates" >> beam.CombinePerKey(sum) | "dup json" >> beam.Map(json.dumps)
+     | "write duplicates" >> _WriteLines(files.join(work, "duplicates.jsonl")))
+    (read.excluded | "excluded" >> beam.CombinePerKey(sum) | "exc json" >> beam.Map(json.dumps)
+     | "write excluded" >> _WriteLines(files.join(work, "excluded.jsonl")))
+    read.input | "write inputs" >> _WriteLines(files.join(work, "inputs.jsonl"))
+    read.malformed | "write malformed" >> _WriteLines(files.join(output, MALFORMED_FILE))
+
+    kept = counted | "kept" >> beam.Keys()
+    records = kept | "serialize" >> beam.Map(_example)
+    sizes = (records | beam.MapTuple(lambda lang, r: (lang, (1, len(r[1]))))
+             | "sizes" >> beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum)))
+    (records
+     | "assign" >> beam.Map(_shard_key, beam.pvalue.AsDict(sizes), cfg.shard_mb * 2 ** 20)
+     | "shards" >> beam.GroupByKey() | "write" >> beam.ParDo(_WriteShard(output))
+     | "write shard list" >> _WriteLines(files.join(work, "shards.jsonl")))
+    if not cfg.vocab_size:
+        return
+    sentences = kept | "sides" >> beam.FlatMap(lambda pair: [(pair[0], pair[1]), (pair[0], pair[2])])
+    (sentences | "count words" >> beam.ParDo(_CountWords(cfg.vocab_lowercase))
+     | "sum words" >> beam.CombinePerKey(sum)
+     | beam.MapTuple(lambda key, n: (key[0], (key[1], n)))
+     | "top words" >> beam.combiners.Top.PerKey(cfg.max_words, key=lambda wc: (wc[1], wc[0]))
+     | "words json" >> beam.MapTuple(lambda lang, wc: json.dumps([lang, wc], ensure_ascii=False))
+     | "write words" >> _WriteLines(files.join(work, "words.jsonl")))
+    (sentences | "sample" >> beam.combiners.Sample.FixedSizePerKey(cfg.coverage_sentences)
+     | "sample json" >> beam.MapTuple(lambda lang, s: json.dumps(
+         [lang, [x.decode("utf-8") for x in s]], ensure_ascii=False))
+     | "write sample" >> _WriteLines(files.join(work, "sample.jsonl")))
+
+
+def _json_lines(path: str) -> list:
+    """The JSON values of a file `_WriteLines` wrote; [] when nothing was written."""
+    if not files.exists(path):
+        return []
+    return [json.loads(line) for line in files.read_text(path).splitlines() if line]
+
+
+def _manifest(output: str, exclude_files) -> Manifest:
+    """The manifest of the shards the pipeline wrote, with what it read and dropped."""
+    work = files.join(output, _WORK_DIR)
+    shards = sorted(_json_lines(files.join(work, "shards.jsonl")),
+                    key=lambda s: (s["lang"], s["shard"]))
+    inputs = sorted(_json_lines(files.join(work, "inputs.jsonl")), key=lambda e: e["index"])
+    preparation = Preparation(
+        inputs=tuple(FileEntry(files.absolute(e["path"]), e["bytes"], dict(sorted(e["pairs"].items())),
+                               e["malformed"], tuple(e["malformed_examples"])) for e in inputs),
+        excluded=dict(_json_lines(files.join(work, "excluded.jsonl"))),
+        duplicates=dict(_json_lines(files.join(work, "duplicates.jsonl"))),
+        exclude_files=tuple(files.absolute(p) for p in exclude_files))
+    return Manifest(tuple(FileEntry(s["path"], files.size(files.join(output, s["path"])),
+                                    {s["lang"]: s["pairs"]}) for s in shards), preparation)
+
+
+def _learn_vocab(output: str, manifest: Manifest, cfg: PrepareConfig) -> dict:
+    """Learns DIR/vocab.txt from the pipeline's word counts; returns its paths."""
+    work = files.join(output, _WORK_DIR)
+    by_lang = {lang: dict(words) for lang, words in _json_lines(files.join(work, "words.jsonl"))}
+    sentences = {lang: 2 * n for lang, n in manifest.counts().items()}
+    counts = vocab.smoothed_word_counts(by_lang, sentences, cfg.alpha, cfg.vocab_sentences)
+    _log(f"prepare: learning a {cfg.vocab_size}-token vocabulary from {len(counts):,} distinct "
+         f"words of {sum(sentences.values()):,} sentences ...")
+    tokens = vocab.learn_vocab(counts, cfg.vocab_size, max_unique_chars=cfg.max_unique_chars,
+                               max_words=cfg.max_words)
+    path = vocab.write_vocab(tokens, files.join(output, VOCAB_FILE))
+    sample = dict(_json_lines(files.join(work, "sample.jsonl")))
+    json_path, report = vocab.write_coverage(
+        path, dict(sorted(sample.items())), lowercase=cfg.vocab_lowercase, alpha=cfg.alpha,
+        vocab_sentences=cfg.vocab_sentences, counted_sentences=sum(sentences.values()))
+    vocab.print_coverage(report)
+    return {"vocab_file": path, "coverage_file": json_path, "vocab_size": len(tokens)}
+
+
+def _summary(output: str, manifest: Manifest, seconds: float, extra: dict) -> dict:
+    prep = manifest.preparation
+    read = collections.Counter()
+    for entry in prep.inputs:
+        read.update(entry.pairs)
+    kept = manifest.counts()
+    shards = collections.Counter(lang for f in manifest.files for lang in f.pairs)
+    pairs_in = sum(read.values())
+    return {
+        "output": files.absolute(output),
+        "manifest": files.absolute(files.join(output, corpus.MANIFEST_FILE)),
+        "malformed_file": files.absolute(files.join(output, MALFORMED_FILE)),
+        **{k: files.absolute(v) if k.endswith("_file") else v for k, v in extra.items()},
+        "input_files": len(prep.inputs), "pairs_in": pairs_in, "malformed_lines": prep.malformed,
+        "kept": manifest.pairs,
+        "dropped": {"excluded": sum(prep.excluded.values()),
+                    "duplicates": sum(prep.duplicates.values())},
+        "shards": len(manifest.files), "seconds": round(seconds, 1),
+        "pairs_per_second": round(pairs_in / seconds, 1) if seconds else 0.0,
+        "languages": {lang: {"in": read[lang], "excluded": prep.excluded.get(lang, 0),
+                             "duplicates": prep.duplicates.get(lang, 0),
+                             "kept": kept.get(lang, 0), "shards": shards[lang]}
+                      for lang in sorted(read)},
+    }
+
+
+def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConfig(),
+            beam_args=(), runner: str = "DirectRunner") -> dict:
+    """Runs the pipeline and writes DIR (module docstring); returns the summary.
+
+    Raises:
+      DataError: an input or exclude path is missing, or a glob matches no file (naming
+        it), or no valid pair was kept.
+    """
+    start = time.time()
+    try:
+        paths = files.expand(inputs, what="input")
+        exclude_paths = files.expand(exclude, what="exclude") if exclude else []
+    except files.FileError as e:
+        raise DataError(str(e)) from None
+    _log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
+    excluded = frozenset(normalize(tf.constant(read_sentences(exclude_paths) or [""], tf.string),
+                                   cfg.lowercase).numpy().tolist()) - {b""}
+    if exclude_paths:
+        _log(f"prepare: {len(excluded):,} distinct sentences to exclude from "
+             f"{len(exclude_paths)} file(s)")
+    for stale in (PAIRS_DIR, _WORK_DIR):  # a rerun replaces the previous output
+        files.rmtree(files.join(output, stale))
+    files.makedirs(output)
+    options = PipelineOptions(list(beam_args))
+    # Beam 2.77's DirectRunner first tries to download and start the Prism runner; for a
+    # batch pipeline it then falls back to the FnApiRunner, which runs here directly
+    # (it honours --direct_num_workers and --direct_running_mode).
+    chosen = FnApiRunner() if runner == "DirectRunner" else runner
+    with beam.Pipeline(runner=chosen, options=options) as p:
+        build_pipeline(p, paths, output, excluded, cfg)
+    manifest = _manifest(output, exclude_paths)
+    if not manifest.files:
+        raise DataError(f"no valid translation pair kept from {inputs}")
+    corpus.write_manifest(manifest, files.join(output, corpus.MANIFEST_FILE))
+    if not files.exists(files.join(output, MALFORMED_FILE)):
+        files.write_text(files.join(output, MALFORMED_FILE), "")
+    extra = _learn_vocab(output, manifest, cfg) if cfg.vocab_size else {}
+    files.rmtree(files.join(output, _WORK_DIR))
+    summary = _summary(output, manifest, time.time() - start, extra)
+    files.write_json(files.join(output, SUMMARY_FILE), summary)
+    return summary
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    defaults = PrepareConfig()
+    flags.DEFINE_multi_string("input", None, "Translation-pair files or globs (TSV, .gz, "
+                              "TFRecord), on any filesystem TensorFlow reaches. Repeatable.")
+    flags.DEFINE_string("output", None, "Output directory (a rerun replaces its shards).")
+    flags.DEFINE_multi_string("exclude", [], "Files of sentences (one a line; each field of "
+                              "a tab-separated line) whose pairs are dropped. Repeatable.")
+    flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner (local, no "
+                        "set-up), PrismRunner, DataflowRunner, FlinkRunner, SparkRunner. "
+                        "Other Beam pipeline options are passed through.")
+    flags.DEFINE_bool("lowercase", defaults.lowercase, "Case-fold the text written (and "
+                      "compared for duplicates and exclusion). Off: training folds case "
+                      "itself with data.lowercase.")
+    flags.DEFINE_float("shard_mb", defaults.shard_mb, "Target shard size in megabytes.")
+    flags.DEFINE_integer("vocab_size", defaults.vocab_size, "Learn a wordpiece vocabulary of "
+                         "about this many tokens from the whole corpus (0: none).")
+    flags.DEFINE_bool("vocab_lowercase", defaults.vocab_lowercase, "The vocabulary's case "
+                      "folding (must match data.lowercase).")
+    flags.DEFINE_float("alpha", defaults.alpha, "Language smoothing exponent of the word "
+                       "counts: p(lang) ∝ n_lang^alpha.")
+    flags.DEFINE_integer("vocab_sentences", defaults.vocab_sentences, "Word counts are scaled "
+                         "to a smoothed sample of this many sentences (labse_tf.vocab's "
+                         "--max_sentences); at least the corpus's sentences: unscaled.")
+    flags.DEFINE_integer("max_words", defaults.max_words, "Distinct words the learner learns "
+                         "from, the most frequent first (also kept per language).")
+    flags.DEFINE_integer("max_unique_chars", defaults.max_unique_chars, "As labse_tf.vocab's.")
+    flags.DEFINE_integer("coverage_sentences", defaults.coverage_sentences, "Sentences per "
+                         "language the coverage report is measured on.")
+    flags.mark_flags_as_required(["input", "output"])
+
+
+def main(argv):
+    cfg = PrepareConfig(lowercase=FLAGS.lowercase, shard_mb=FLAGS.shard_mb,
+                        vocab_size=FLAGS.vocab_size, vocab_lowercase=FLAGS.vocab_lowercase,
+                        alpha=FLAGS.alpha, vocab_sentences=FLAGS.vocab_sentences,
+                        max_words=FLAGS.max_words, max_unique_chars=FLAGS.max_unique_chars,
+                        coverage_sentences=FLAGS.coverage_sentences)
+    try:
+        summary = prepare(FLAGS.input, FLAGS.output, exclude=FLAGS.exclude, cfg=cfg,
+                          beam_args=argv[1:], runner=FLAGS.runner)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"prepare: {summary['pairs_in']:,} pairs in, {summary['kept']:,} kept; dropped "
+          f"{summary['dropped']['duplicates']:,} duplicates, {summary['dropped']['excluded']:,} "
+          f"excluded; {summary['malformed_lines']:,} malformed lines "
+          f"({summary['malformed_file']})")
+    print("lang        in      kept  duplicates  excluded  shards")
+    for lang, c in summary["languages"].items():
+        print(f"{lang:8s} {c['in']:>7,} {c['kept']:>9,} {c['duplicates']:>11,} "
+              f"{c['excluded']:>9,} {c['shards']:>7}")
+    print(f"prepare: {summary['shards']} shards, manifest {summary['manifest']}, summary "
+          f"{files.join(summary['output'], SUMMARY_FILE)}"
+          + (f", vocabulary {summary['vocab_file']}" if "vocab_file" in summary else "")
+          + f" in {summary['seconds']:.0f}s ({summary['pairs_per_second']:,.0f} pairs/s)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    # Flags labse_tf does not know are Beam pipeline options, passed on in argv.
+    app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
