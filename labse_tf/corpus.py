@@ -36,7 +36,7 @@ import tensorflow as tf
 from labse_tf import files
 
 __all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest", "Preparation",
-           "build_manifest", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
+           "build_manifest", "example_bytes", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
            "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "write_manifest"]
 
 MANIFEST_FILE = "manifest.json"
@@ -166,6 +166,13 @@ def parse_examples(records: tf.Tensor, default_lang: tf.Tensor | str) -> dict:
     error = _first_error(checks, tf.shape(records))
     return {"lang": values["lang"], "src": values["src_raw"], "tgt": values["tgt_raw"],
             "error": error, "blank": tf.zeros(tf.shape(records), tf.bool)}
+
+
+def example_bytes(features: dict) -> bytes:
+    """A serialized tf.train.Example of string features (`src_raw`, `tgt_raw`, `lang`)."""
+    feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v.encode("utf-8") if isinstance(v, str) else v])) for k, v in features.items()}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 # Traced once and called from every reader's graph (a training run opens one per

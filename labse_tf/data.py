@@ -30,7 +30,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from labse_tf import corpus
+from labse_tf import corpus, files
 from labse_tf.corpus import DataError, Manifest
 from labse_tf.preprocessing import Preprocessor, trim_padding
 
@@ -485,12 +485,9 @@ def _static_batch(packed: dict, batch_size: int, length: int | None) -> dict:
 
 def write_tfrecord(path: str, rows: Iterable[Mapping[str, str]]) -> None:
     """Writes tf.train.Example records of string features (e.g. src_raw, tgt_raw, lang)."""
-    with tf.io.TFRecordWriter(path) as writer:
+    with files.record_writer(path) as writer:
         for row in rows:
-            feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
-                value=[v.encode("utf-8") if isinstance(v, str) else v])) for k, v in row.items()}
-            writer.write(tf.train.Example(
-                features=tf.train.Features(feature=feature)).SerializeToString())
+            writer.write(corpus.example_bytes(row))
 
 
 @dataclasses.dataclass(frozen=True)

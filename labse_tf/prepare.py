@@ -178,10 +178,7 @@ class _ReadFile(beam.DoFn):
 def _example(pair) -> tuple:
     """(lang, src, tgt) → (lang, (hash, serialized tf.train.Example))."""
     lang, src, tgt = pair
-    feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-    record = tf.train.Example(features=tf.train.Features(feature={
-        "src_raw": feature(src), "tgt_raw": feature(tgt),
-        "lang": feature(lang.encode("utf-8"))})).SerializeToString()
+    record = corpus.example_bytes({"src_raw": src, "tgt_raw": tgt, "lang": lang})
     return lang, (_hash(lang.encode("utf-8"), src, tgt), record)
 
 
