@@ -1,0 +1,206 @@
+"""The Beam preparation pipeline: counts against plain Python, shards training reads,
+line numbers as training reports them, the vocabulary against labse_tf.vocab."""
+
+import collections
+import gzip
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+import tensorflow as tf
+
+from labse_tf import config as config_lib, corpus, data, prepare, train, vocab
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+QUIET = lambda message: None
+
+# deu (2 columns, gzip): duplicates (one only after NFKC: full-width "Ｈallo"), a blank
+# line, a line of one field, and a pair whose target is in the exclude file.
+DEU = ("Hello\tHallo\nHello\tHallo\n\nGood day\tGuten Tag\n\u00a0Ｈello \tHallo\n"
+       "just one field\nThe test sentence\tDer Testsatz\nMorning\tMorgen\n").encode()
+# mixed (3 columns): fra and spa, a deu pair already in deu.tsv.gz (a duplicate across
+# files), invalid UTF-8, an empty source field, an excluded source.
+MIXED = (b"fra\tYes\tOui\nfra\tYes\tOui\nspa\tYes\tS\xc3\xad\ndeu\tMorning\tMorgen\n"
+         b"fra\tNo\t\xffNon\nspa\t \tNada\nfra\tA held-out line\tUne ligne\nspa\tOne\tUno\n"
+         b"fra\tTwo\tDeux\nfra\tThree\tTrois\n")
+POL = [{"src_raw": "Cat", "tgt_raw": "Kot", "lang": "pol"}] * 3 + [
+    {"src_raw": "Dog", "tgt_raw": "Pies", "lang": "pol"}, {"tgt_raw": "Brak"},
+    {"src_raw": "House", "tgt_raw": "Dom", "lang": "pol"}]
+# Sentences: one a line, or pairs as a test set ships them (each field counts).
+EXCLUDE = "Der Testsatz\nA held-out line\tsomething else\n"
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    with gzip.open(root / "deu.tsv.gz", "wb") as f:
+        f.write(DEU)
+    (root / "mixed.tsv").write_bytes(MIXED)
+    data.write_tfrecord(str(root / "pol.tfrecord"), POL)
+    (root / "test.txt").write_text(EXCLUDE, encoding="utf-8")
+    return root
+
+
+def _independent_count(raw):
+    """Plain Python: per input file valid pairs and malformed lines; the kept pairs
+    (normalised: NFKC, stripped) and what was dropped, per language."""
+    excluded_sentences = {unicodedata.normalize("NFKC", x.strip())
+                          for line in EXCLUDE.splitlines() for x in line.split("\t")}
+    rows, inputs = [], []
+    for name, lines in (("deu.tsv.gz", DEU.split(b"\n")[:-1]), ("mixed.tsv", MIXED.split(b"\n")[:-1])):
+        counts, bad = collections.Counter(), 0
+        for line in lines:
+            if not line.strip():
+                continue
+            fields = line.split(b"\t")
+            fields = ([b"deu"] + fields) if len(fields) == 2 else fields
+            try:
+                text = [x.decode("utf-8").strip() for x in fields]
+            except UnicodeDecodeError:
+                text = []
+            if len(text) == 3 and all(text):
+                counts[text[0]] += 1
+                rows.append(text)
+            else:
+                bad += 1
+        inputs.append((dict(counts), bad))
+    pol = [[r["lang"], r["src_raw"], r["tgt_raw"]] for r in POL if "src_raw" in r]
+    rows += pol
+    inputs.append(({"pol": len(pol)}, 1))
+    kept, excluded, duplicates = collections.defaultdict(set), collections.Counter(), collections.Counter()
+    for lang, src, tgt in rows:
+        src, tgt = (unicodedata.normalize("NFKC", x).strip() for x in (src, tgt))
+        if src in excluded_sentences or tgt in excluded_sentences:
+            excluded[lang] += 1
+        elif (src, tgt) in kept[lang]:
+            duplicates[lang] += 1
+        else:
+            kept[lang].add((src, tgt))
+    return inputs, dict(kept), dict(excluded), dict(duplicates)
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory):
+    """The command run on the raw corpus: (output dir, its stdout)."""
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "labse_tf.prepare", f"--input={raw}/*.tsv*",
+         f"--input={raw}/pol.tfrecord", f"--output={out}", f"--exclude={raw}/test.txt",
+         "--vocab_size=120", "--shard_mb=0.00005"],
+        capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_counts_match_an_independent_count(raw, prepared):
+    out, stdout = prepared
+    inputs, kept, excluded, duplicates = _independent_count(raw)
+    assert kept["deu"] == {("Hello", "Hallo"), ("Good day", "Guten Tag"), ("Morning", "Morgen")}
+    assert excluded == {"deu": 1, "fra": 1} and duplicates == {"deu": 3, "fra": 1, "pol": 2}
+    manifest = corpus.read_manifest(str(out / "manifest.json"))
+    prep = manifest.preparation
+    assert [(f.pairs, f.malformed) for f in prep.inputs] == inputs
+    assert [f.path for f in prep.inputs] == [str(raw / n) for n in ("deu.tsv.gz", "mixed.tsv",
+                                                                    "pol.tfrecord")]
+    assert manifest.counts() == {lang: len(p) for lang, p in sorted(kept.items())}
+    assert prep.excluded == excluded and prep.duplicates == duplicates
+    assert prep.exclude_files == (str(raw / "test.txt"),)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs_in"] == 19 and summary["kept"] == 11 and summary["malformed_lines"] == 4
+    assert summary["dropped"] == {"excluded": 2, "duplicates": 6}
+    assert summary["languages"]["deu"] == {
+        "in": 7, "excluded": 1, "duplicates": 3, "kept": 3,
+        "shards": sum(1 for f in manifest.files if "deu" in f.pairs)}
+    assert summary["shards"] == len(manifest.files)
+    assert "19 pairs in, 11 kept; dropped 6 duplicates, 2 excluded; 4 malformed lines" in stdout
+    assert f"prepare: read {raw}/mixed.tsv: 8 pairs, 2 malformed, 1 excluded" in stdout
+
+
+def test_shards_hold_the_kept_pairs_and_training_reads_them(raw, prepared):
+    out, _ = prepared
+    _, kept, _, _ = _independent_count(raw)
+    manifest = corpus.read_manifest(str(out / "manifest.json"))
+    # Shards of ~50 bytes: several per language, each named LANG-i-of-N (a shard no pair
+    # hashed to is not written), one language each, its count that of its records.
+    by_lang = collections.defaultdict(list)
+    for f in manifest.files:
+        (lang,) = f.pairs
+        by_lang[lang].append(os.path.basename(f.path))
+        assert sum(1 for _ in tf.data.TFRecordDataset(f.path)) == f.pairs[lang]
+        assert f.bytes == os.path.getsize(f.path)
+    assert len(by_lang["fra"]) > 1
+    for lang, names in by_lang.items():
+        n = int(names[0].split("-of-")[1].split(".")[0])
+        assert set(names) <= {f"{lang}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)}
+    # Training's reader finds exactly the kept pairs, language by language.
+    pairs, found = data.read_pairs([str(out)], log=QUIET)
+    assert found == manifest
+    assert {lang: set(zip(s, t)) for lang, s, t in zip(pairs.langs, pairs.src, pairs.tgt)} == kept
+
+
+def test_malformed_lines_are_those_training_reports(raw, prepared):
+    out, _ = prepared
+    reported = []
+    corpus.build_manifest([str(raw / n) for n in ("deu.tsv.gz", "mixed.tsv", "pol.tfrecord")],
+                          report=100, log=reported.append)
+    expected = {m.replace(": skipped malformed line:", ":").replace(
+        ": skipped malformed record:", ":") for m in reported if "skipped malformed" in m}
+    got = set((out / "malformed.txt").read_text().splitlines())
+    assert got == expected and len(got) == 4
+    assert f"{raw}/deu.tsv.gz:6: expected 2 or 3 tab-separated fields, got 1" in got
+    assert f"{raw}/pol.tfrecord:5: missing feature 'src_raw'" in got
+
+
+def test_vocabulary_equals_labse_tf_vocab_on_the_same_corpus(prepared):
+    out, _ = prepared
+    tokens = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    # labse_tf.vocab with the same settings on the prepared corpus: its sample budget
+    # (400,000) covers every sentence, so both learn from the same word counts.
+    manifest = data.load_manifest([str(out)], log=QUIET)
+    sample = vocab.sample_sentences(manifest, 0.3, 400_000, seed=42)
+    assert tokens == vocab.build_vocab([s for g in sample.values() for s in g], 120)
+    report = json.loads((out / "vocab.txt.coverage.json").read_text())
+    assert report["vocab_size"] == len(tokens) and set(report["languages"]) == set(manifest.langs)
+
+
+def test_training_runs_and_resumes_from_the_output(prepared, tmp_path, vocab_file):
+    out, _ = prepared
+    model_dir = str(tmp_path / "run")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    for steps in (4, 8):
+        cfg = config_lib.load_config("tiny", [f"train.steps={steps}", "train.checkpoint_every=4",
+                                              "train.eval_every=0", "train.steps_per_loop=2",
+                                              f"data.vocab_file={vocab_file}"])
+        logged = []
+        summary = train.train(cfg, strategy=strategy, model_dir=model_dir,
+                              train_patterns=[str(out)], log=logged.append)
+        assert summary["step"] == steps
+    assert any(m.startswith("resumed from") and m.endswith("at step 4") for m in logged)
+    assert any("(reused)" in m for m in logged)
+
+
+def test_bad_inputs_name_the_path(tmp_path):
+    with pytest.raises(corpus.DataError, match=f"{tmp_path}/none.tsv: no such file"):
+        prepare.prepare([str(tmp_path / "none.tsv")], str(tmp_path / "out"))
+    with pytest.raises(corpus.DataError, match=r"/\*\.gz: the pattern matches no file"):
+        prepare.prepare([str(tmp_path / "*.gz")], str(tmp_path / "out"))
+    (tmp_path / "x.tsv").write_text("a\tb\n")
+    with pytest.raises(corpus.DataError, match=f"{tmp_path}/t.txt: no such file"):
+        prepare.prepare([str(tmp_path / "x.tsv")], str(tmp_path / "out"),
+                        exclude=[str(tmp_path / "t.txt")])
+
+
+def test_the_core_imports_without_beam_and_help_works():
+    block = ("import sys; sys.modules['apache_beam'] = None; "
+             "import labse_tf, labse_tf.train, labse_tf.data, labse_tf.vocab\n"
+             "try:\n    import labse_tf.prepare\nexcept ImportError as e:\n    print(e)")
+    proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pip install 'labse_tf[prepare]'" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "labse_tf.prepare", "--help"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0 and "--exclude" in proc.stdout and "--runner" in proc.stdout
