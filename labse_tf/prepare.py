@@ -121,58 +121,98 @@ def read_sentences(paths) -> list[str]:
     return fields
 
 
-class _ReadFile(beam.DoFn):
-    """One input file → its valid pairs, normalised, minus excluded ones.
+def file_groups(paths, sizes, *, max_files: int = 64, max_bytes: int = 1 << 30) -> list:
+    """Input files in groups of consecutive (index, path), each read by one worker.
+
+    A reader costs ~1 s to build whatever the file's size (tf.data graph construction),
+    so small files are read several to a reader (`corpus.parsed_files`, one graph); a
+    group holds at most `max_files` files or `max_bytes` (a bigger file is alone).
+    """
+    groups, current, held = [], [], 0
+    for index, (path, size) in enumerate(zip(paths, sizes)):
+        if current and (len(current) >= max_files or held + size > max_bytes):
+            groups.append(current)
+            current, held = [], 0
+        current.append((index, path))
+        held += size
+    return groups + [current] if current else groups
+
+
+def _file_state(file: int) -> dict:
+    return {"file": file, "pairs": collections.Counter(), "excluded": collections.Counter(),
+            "malformed": 0, "examples": [], "start": time.time()}
+
+
+class _ReadFiles(beam.DoFn):
+    """A group of input files → their valid pairs, normalised, minus excluded ones.
 
     Main output: ((lang, src, tgt), 1) with bytes text. Tagged outputs: `malformed`
-    (`file:line: why`), `excluded` ((lang, pairs) per file) and `input` (the file's
+    (`file:line: why`), `excluded` ((lang, pairs) per file) and `input` (each file's
     FileEntry as JSON: valid pairs per language, malformed lines).
     """
 
     def __init__(self, cfg: PrepareConfig, exclude: frozenset):
         self._cfg, self._exclude = cfg, exclude
 
-    def process(self, element):
-        index, path = element
+    def process(self, group):
+        indices, paths = zip(*group)
+        state, done = None, set()  # the file being read, its counts until it is done
         start = shown = time.time()
-        pairs, excluded = collections.Counter(), collections.Counter()
-        malformed, examples, lines = 0, [], 0
-        lowercase = self._cfg.lowercase
-        reader = corpus.parsed_file(tf.constant(path), tf.constant(corpus.file_kind(path)),
-                                    tf.constant(corpus.file_language(path))).map(
-            lambda b: {**b, "src": normalize(b["src"], lowercase),
-                       "tgt": normalize(b["tgt"], lowercase)})
+        lines = 0
         try:
-            for batch in reader.as_numpy_iterator():
-                error = batch["error"]
-                lines += len(error)
-                for i in np.flatnonzero(error != b""):
-                    why = error[i].decode("utf-8")
-                    malformed += 1
-                    if len(examples) < self._cfg.report:
-                        examples.append(f"{batch['line'][i]}: {why}")
-                    yield beam.pvalue.TaggedOutput("malformed", f"{path}:{batch['line'][i]}: {why}")
-                ok = np.flatnonzero((error == b"") & ~batch["blank"])
-                for lang, src, tgt in zip(batch["lang"][ok].tolist(), batch["src"][ok].tolist(),
-                                          batch["tgt"][ok].tolist()):
-                    lang = lang.decode("utf-8")
-                    pairs[lang] += 1
-                    if src in self._exclude or tgt in self._exclude:
-                        excluded[lang] += 1
-                    else:
-                        yield (lang, src, tgt), 1
+            for batch in corpus.parsed_files(list(paths)).prefetch(2).as_numpy_iterator():
+                current = int(batch["file"])
+                if state is None or state["file"] != current:
+                    if state is not None:
+                        done.add(state["file"])
+                        yield from self._done(indices[state["file"]], paths[state["file"]], state)
+                    state = _file_state(current)
+                lines += len(batch["error"])
+                yield from self._batch(paths[current], batch, state)
                 if time.time() - shown > _LOG_EVERY:
                     shown = time.time()
-                    _log(f"prepare: {path}: {lines:,} lines, {lines / (shown - start):,.0f} lines/s")
+                    _log(f"prepare: {paths[current]}: {lines:,} lines of {len(paths)} file(s), "
+                         f"{lines / (shown - start):,.0f} lines/s")
         except tf.errors.OpError as e:
+            path = paths[state["file"] if state else 0]
             raise DataError(f"{path}: cannot read: {e.message.splitlines()[0]}") from None
-        for lang, n in excluded.items():
+        if state is not None:
+            done.add(state["file"])
+            yield from self._done(indices[state["file"]], paths[state["file"]], state)
+        for i in sorted(set(range(len(paths))) - done):  # an empty file gives no batch
+            yield from self._done(indices[i], paths[i], _file_state(i))
+
+    def _batch(self, path, batch, state):
+        error = batch["error"]
+        for i in np.flatnonzero(error != b""):
+            why = error[i].decode("utf-8")
+            state["malformed"] += 1
+            if len(state["examples"]) < self._cfg.report:
+                state["examples"].append(f"{batch['line'][i]}: {why}")
+            yield beam.pvalue.TaggedOutput("malformed", f"{path}:{batch['line'][i]}: {why}")
+        ok = np.flatnonzero((error == b"") & ~batch["blank"])
+        if not ok.size:
+            return
+        src, tgt = (normalize(tf.constant(batch[side][ok]), self._cfg.lowercase).numpy().tolist()
+                    for side in ("src", "tgt"))
+        for lang, s, t in zip(batch["lang"][ok].tolist(), src, tgt):
+            lang = lang.decode("utf-8")
+            state["pairs"][lang] += 1
+            if s in self._exclude or t in self._exclude:
+                state["excluded"][lang] += 1
+            else:
+                yield (lang, s, t), 1
+
+    def _done(self, index, path, state):
+        for lang, n in state["excluded"].items():
             yield beam.pvalue.TaggedOutput("excluded", (lang, n))
-        entry = {"index": index, "path": path, "bytes": files.size(path), "pairs": dict(pairs),
-                 "malformed": malformed, "malformed_examples": examples}
+        entry = {"index": index, "path": path, "bytes": files.size(path),
+                 "pairs": dict(state["pairs"]), "malformed": state["malformed"],
+                 "malformed_examples": state["examples"]}
         yield beam.pvalue.TaggedOutput("input", json.dumps(entry, ensure_ascii=False))
-        _log(f"prepare: read {path}: {sum(pairs.values()):,} pairs, {malformed} malformed, "
-             f"{sum(excluded.values())} excluded ({time.time() - start:.1f}s)")
+        _log(f"prepare: read {path}: {sum(state['pairs'].values()):,} pairs, "
+             f"{state['malformed']} malformed, {sum(state['excluded'].values())} excluded "
+             f"({time.time() - state['start']:.1f}s)")
 
 
 def _example(pair) -> tuple:
@@ -263,8 +303,9 @@ def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
                    cfg: PrepareConfig) -> None:
     """The pipeline's transforms; results go to files under `output` (see `prepare`)."""
     work = files.join(output, _WORK_DIR)
-    read = (p | "files" >> beam.Create(list(enumerate(inputs))) | beam.Reshuffle()
-            | "read" >> beam.ParDo(_ReadFile(cfg, exclude)).with_outputs(
+    groups = file_groups(inputs, [files.size(path) for path in inputs])
+    read = (p | "files" >> beam.Create(groups) | beam.Reshuffle()
+            | "read" >> beam.ParDo(_ReadFiles(cfg, exclude)).with_outputs(
                 "malformed", "excluded", "input", main="pairs"))
     counted = read.pairs | "dedup" >> beam.CombinePerKey(sum)
     (counted | beam.FlatMap(lambda kv: [(kv[0][0], kv[1] - 1)] if kv[1] > 1 else [])
