@@ -67,6 +67,26 @@ def test_sample_sentences_follow_the_sizes(sample_pairs, sample_manifest):
         assert got[-2] not in pool[:size]
 
 
+def test_smoothed_word_counts_scale_each_language_to_its_sample():
+    by_lang = {"aaa": {"x": 10, "y": 5}, "bbb": {"x": 1, "z": 3}}
+    # Sizes [22, 8] of [100, 10] sentences (alpha 0.5, budget 30): scales 0.22 and 0.8, so
+    # x = 10 * 0.22 + 1 * 0.8 = 3.0, y = 1.1 -> 1, z = 2.4 -> 2.
+    assert vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 30) == {
+        "x": 3, "y": 1, "z": 2}
+    # A budget covering every sentence keeps the counts exact, summed over languages.
+    assert vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 1000) == {
+        "x": 11, "y": 5, "z": 3}
+
+
+def test_words_are_counted_as_the_preprocessor_splits_them_in_any_order():
+    # Case-folded, NFKC (full-width H), punctuation split off.
+    assert vocab.count_words(["Hello, WORLD!", "\uff28ello"]) == {"hello": 2, ",": 1, "world": 1,
+                                                                "!": 1}
+    counts = vocab.count_words(["the cat sat", "the dog sat", "a cat ran"] * 5)
+    reordered = dict(sorted(counts.items(), key=lambda wc: wc[0], reverse=True))
+    assert vocab.learn_vocab(counts, 60) == vocab.learn_vocab(reordered, 60)
+
+
 def _is_han(char: str) -> bool:
     return unicodedata.name(char, "").startswith("CJK UNIFIED IDEOGRAPH")
 
