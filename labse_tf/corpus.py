@@ -37,7 +37,8 @@ from labse_tf import files
 
 __all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest", "Preparation",
            "build_manifest", "example_bytes", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
-           "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "write_manifest"]
+           "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "unreadable",
+           "write_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -387,7 +388,7 @@ def parsed_files(paths: Sequence[str]) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(file_table(paths)).enumerate().flat_map(one)
 
 
-def _unreadable(paths: Sequence[str], first: int) -> DataError:
+def unreadable(paths: Sequence[str], first: int) -> DataError:
     """The error naming the first file from `first` on that cannot be read or parsed."""
     for path in paths[first:]:
         try:
@@ -434,7 +435,7 @@ def build_manifest(paths: Sequence[str], *, report: int = 5,
                 log(f"counting: file {current + 1}/{len(paths)}, {lines:,} lines, "
                     f"{lines / (shown - start):,.0f} lines/s")
     except tf.errors.OpError:
-        raise _unreadable(paths, current) from None
+        raise unreadable(paths, current) from None
     manifest = Manifest(tuple(
         FileEntry(p, files.size(p), dict(sorted(c.items())), m, tuple(e))
         for p, c, m, e in zip(paths, pairs, malformed, examples)))

@@ -29,10 +29,12 @@ pseudo-random sample of its language, the same on any runner; a shard is sorted 
 worker's memory). With --vocab_size the words of all kept sentences are counted per
 language in the pipeline, smoothed (`vocab.smoothed_word_counts`, p(lang) ∝ n^alpha, the
 sizes `labse_tf.vocab` samples) and learned from (`vocab.learn_vocab`). Only the
---max_words most frequent words of each language reach the learner (bounded memory);
-the learner keeps the --max_words most frequent of all after smoothing, so the cut loses
-nothing unless a word's count is a sum over languages. With --vocab_sentences at least
-the corpus's sentences, the smoothing keeps every count and the vocabulary equals that of
+--max_words most frequent words of each language reach the learner (bounded memory), which
+keeps the --max_words most frequent of all anyway; when a language has more distinct words
+than that, the learner's alphabet (--max_unique_chars, picked from the character counts of
+the words it is given) and its threshold search start from the top words only, and a word
+frequent only as a sum over languages can be missed. With --vocab_sentences at least
+the corpus's sentences (and no language over --max_words words), the smoothing keeps every count and the vocabulary equals that of
 `labse_tf.vocab --input=DIR` with the same settings (tested); with fewer, `labse_tf.vocab`
 learns from a random sample of that size and prepare from the counts that sample has in
 expectation, so the two differ by sampling noise. Coverage is measured on up to
@@ -173,9 +175,8 @@ class _ReadFiles(beam.DoFn):
                     shown = time.time()
                     _log(f"prepare: {paths[current]}: {lines:,} lines of {len(paths)} file(s), "
                          f"{lines / (shown - start):,.0f} lines/s")
-        except tf.errors.OpError as e:
-            path = paths[state["file"] if state else 0]
-            raise DataError(f"{path}: cannot read: {e.message.splitlines()[0]}") from None
+        except tf.errors.OpError:
+            raise corpus.unreadable(list(paths), state["file"] if state else 0) from None
         if state is not None:
             done.add(state["file"])
             yield from self._done(indices[state["file"]], paths[state["file"]], state)
@@ -363,7 +364,8 @@ def _manifest(output: str, exclude_files) -> Manifest:
 
 
 def _learn_vocab(output: str, manifest: Manifest, cfg: PrepareConfig) -> dict:
-    """Learns DIR/vocab.txt from the pipeline's word counts; returns its paths."""
+    """Learns DIR/vocab.txt from the pipeline's word counts; returns its paths and time."""
+    start = time.time()
     work = files.join(output, _WORK_DIR)
     by_lang = {lang: dict(words) for lang, words in _json_lines(files.join(work, "words.jsonl"))}
     sentences = {lang: 2 * n for lang, n in manifest.counts().items()}
@@ -378,7 +380,8 @@ def _learn_vocab(output: str, manifest: Manifest, cfg: PrepareConfig) -> dict:
         path, dict(sorted(sample.items())), lowercase=cfg.vocab_lowercase, alpha=cfg.alpha,
         vocab_sentences=cfg.vocab_sentences, counted_sentences=sum(sentences.values()))
     vocab.print_coverage(report)
-    return {"vocab_file": path, "coverage_file": json_path, "vocab_size": len(tokens)}
+    return {"vocab_file": path, "coverage_file": json_path, "vocab_size": len(tokens),
+            "vocab_seconds": round(time.time() - start, 1)}
 
 
 def _summary(output: str, manifest: Manifest, seconds: float, extra: dict) -> dict:

@@ -192,6 +192,11 @@ def test_bad_inputs_name_the_path(tmp_path):
     with pytest.raises(corpus.DataError, match=f"{tmp_path}/t.txt: no such file"):
         prepare.prepare([str(tmp_path / "x.tsv")], str(tmp_path / "out"),
                         exclude=[str(tmp_path / "t.txt")])
+    # A file that fails while the pipeline reads it, after a good one in the same reader.
+    (tmp_path / "y.tsv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(corpus.DataError, match=f"{tmp_path}/y.tsv.gz: cannot read"):
+        prepare.prepare([str(tmp_path / "x.tsv"), str(tmp_path / "y.tsv.gz")],
+                        str(tmp_path / "out"))
 
 
 def test_the_core_imports_without_beam_and_help_works():
