@@ -108,19 +108,22 @@ def _safe_name(lang: str) -> str:
 
 
 def _hash(*parts: bytes) -> int:
+    """A 64-bit hash of a pair that is the same in every process (unlike `hash`)."""
     return int.from_bytes(hashlib.blake2b(b"\t".join(parts), digest_size=8).digest(), "big")
 
 
-def read_sentences(paths) -> list[str]:
-    """Sentences of --exclude files: every tab-separated field of every line, stripped
-    (so a test set of pairs can be given as it is), blank ones skipped. Held in memory:
-    test sets are small."""
+def _exclude_set(paths, lowercase: bool) -> frozenset:
+    """Normalised sentences of --exclude files: every tab-separated field of every line,
+    stripped (so a test set of pairs can be given as it is), blank ones skipped. Held in
+    memory (and sent to every worker): test sets are small."""
     fields = []
     for path in paths:
         with files.open_file(path, "r") as f:
             fields += [x.strip() for line in f for x in line.rstrip("\n").split("\t")]
     fields = [x for x in fields if x]
-    return fields
+    if not fields:
+        return frozenset()
+    return frozenset(normalize(tf.constant(fields, tf.string), lowercase).numpy().tolist())
 
 
 def file_groups(paths, sizes, *, max_files: int = 64, max_bytes: int = 1 << 30) -> list:
@@ -224,9 +227,10 @@ def _example(pair) -> tuple:
 
 
 def _shard_key(item, sizes: dict, shard_bytes: float):
-    """(lang, (hash, record)) → ((lang, shard, shards), (hash, record))."""
+    """(lang, (hash, record)) → ((lang, shard, shards), (hash, record)); `sizes`: the
+    bytes of each language's records."""
     lang, (key, record) = item
-    shards = max(1, int(np.ceil(sizes[lang][1] / shard_bytes)))
+    shards = max(1, int(np.ceil(sizes[lang] / shard_bytes)))
     return (lang, key % shards, shards), (key, record)
 
 
@@ -319,8 +323,8 @@ def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
 
     kept = counted | "kept" >> beam.Keys()
     records = kept | "serialize" >> beam.Map(_example)
-    sizes = (records | beam.MapTuple(lambda lang, r: (lang, (1, len(r[1]))))
-             | "sizes" >> beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum)))
+    sizes = (records | beam.MapTuple(lambda lang, r: (lang, len(r[1])))
+             | "bytes" >> beam.CombinePerKey(sum))
     (records
      | "assign" >> beam.Map(_shard_key, beam.pvalue.AsDict(sizes), cfg.shard_mb * 2 ** 20)
      | "shards" >> beam.GroupByKey() | "write" >> beam.ParDo(_WriteShard(output))
@@ -425,8 +429,7 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
     except files.FileError as e:
         raise DataError(str(e)) from None
     _log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
-    excluded = frozenset(normalize(tf.constant(read_sentences(exclude_paths) or [""], tf.string),
-                                   cfg.lowercase).numpy().tolist()) - {b""}
+    excluded = _exclude_set(exclude_paths, cfg.lowercase)
     if exclude_paths:
         _log(f"prepare: {len(excluded):,} distinct sentences to exclude from "
              f"{len(exclude_paths)} file(s)")
