@@ -443,6 +443,7 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
     chosen = FnApiRunner() if runner == "DirectRunner" else runner
     with beam.Pipeline(runner=chosen, options=options) as p:
         build_pipeline(p, paths, output, excluded, cfg)
+    _log(f"prepare: pipeline done in {time.time() - start:.0f}s; writing the manifest")
     manifest = _manifest(output, exclude_paths)
     if not manifest.files:
         raise DataError(f"no valid translation pair kept from {inputs}")

@@ -183,6 +183,14 @@ def test_training_runs_and_resumes_from_the_output(prepared, tmp_path, vocab_fil
     assert any("(reused)" in m for m in logged)
 
 
+def test_small_files_share_a_reader_and_big_ones_have_their_own():
+    paths = ["a", "b", "c", "d", "e"]
+    assert prepare.file_groups(paths, [1, 1, 1, 1, 1], max_files=2, max_bytes=100) == [
+        [(0, "a"), (1, "b")], [(2, "c"), (3, "d")], [(4, "e")]]
+    assert prepare.file_groups(paths, [10, 500, 10, 10, 90], max_files=64, max_bytes=100) == [
+        [(0, "a")], [(1, "b")], [(2, "c"), (3, "d")], [(4, "e")]]
+
+
 def test_bad_inputs_name_the_path(tmp_path):
     with pytest.raises(corpus.DataError, match=f"{tmp_path}/none.tsv: no such file"):
         prepare.prepare([str(tmp_path / "none.tsv")], str(tmp_path / "out"))
