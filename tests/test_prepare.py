@@ -13,6 +13,7 @@ import unicodedata
 import pytest
 import tensorflow as tf
 
+from conftest import copy_to_ram
 from labse_tf import config as config_lib, corpus, data, prepare, train, vocab
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -181,6 +182,24 @@ def test_training_runs_and_resumes_from_the_output(prepared, tmp_path, vocab_fil
         assert summary["step"] == steps
     assert any(m.startswith("resumed from") and m.endswith("at step 4") for m in logged)
     assert any("(reused)" in m for m in logged)
+
+
+def test_urls_in_and_out(raw, prepared):
+    """Inputs, exclude file and output on TF's in-memory filesystem (as on gs://): the
+    same manifest as the local run, every output at its URL."""
+    src = copy_to_ram(str(raw), "prepare_raw")
+    summary = prepare.prepare([f"{src}/*.tsv*", f"{src}/pol.tfrecord"], "ram://prepared",
+                              exclude=[f"{src}/test.txt"])
+    local = corpus.read_manifest(str(prepared[0] / "manifest.json"))
+    url = corpus.read_manifest("ram://prepared/manifest.json")
+    assert url.counts() == local.counts() and summary["kept"] == local.pairs
+    assert [f.path for f in url.files] == [f"ram://prepared/pairs/{lang}-00000-of-00001.tfrecord"
+                                           for lang in local.langs]  # 128 MB shards: one each
+    assert [f.path for f in url.preparation.inputs] == [
+        f"{src}/deu.tsv.gz", f"{src}/mixed.tsv", f"{src}/pol.tfrecord"]
+    assert url.preparation.excluded == local.preparation.excluded
+    assert tf.io.gfile.exists("ram://prepared/summary.json")
+    assert tf.io.gfile.exists("ram://prepared/malformed.txt")
 
 
 def test_small_files_share_a_reader_and_big_ones_have_their_own():
