@@ -35,10 +35,10 @@ import tensorflow as tf
 
 from labse_tf import files
 
-__all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest", "Preparation",
-           "build_manifest", "example_bytes", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
-           "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "unreadable",
-           "write_manifest"]
+__all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest",
+           "Preparation", "build_manifest", "example_bytes", "file_kind", "file_language",
+           "file_table", "parse_examples", "parse_lines", "parsed_file", "parsed_files",
+           "read_manifest", "resolve_inputs", "unreadable", "write_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
