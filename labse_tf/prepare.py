@@ -34,10 +34,11 @@ keeps the --max_words most frequent of all anyway; when a language has more dist
 than that, the learner's alphabet (--max_unique_chars, picked from the character counts of
 the words it is given) and its threshold search start from the top words only, and a word
 frequent only as a sum over languages can be missed. With --vocab_sentences at least
-the corpus's sentences (and no language over --max_words words), the smoothing keeps every count and the vocabulary equals that of
-`labse_tf.vocab --input=DIR` with the same settings (tested); with fewer, `labse_tf.vocab`
-learns from a random sample of that size and prepare from the counts that sample has in
-expectation, so the two differ by sampling noise. Coverage is measured on up to
+the corpus's sentences (and no language over --max_words words), the smoothing keeps every
+count and the vocabulary equals that of `labse_tf.vocab --input=DIR` with the same
+settings (tested); with fewer, `labse_tf.vocab` learns from a random sample of that size
+and prepare from the counts that sample has in expectation, so the two differ by sampling
+noise (and `labse_tf.vocab` on the raw files also counts the duplicates and excluded pairs). Coverage is measured on up to
 --coverage_sentences random sentences per language.
 
 Runners: the default DirectRunner needs no set-up and runs in this process (Beam's
@@ -60,7 +61,8 @@ try:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms import window
 except ImportError:  # the core package does not need Beam
-    raise ImportError("labse_tf.prepare needs Apache Beam: pip install 'labse_tf[prepare]'") from None
+    raise ImportError(
+        "labse_tf.prepare needs Apache Beam: pip install 'labse_tf[prepare]'") from None
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -331,7 +333,8 @@ def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
      | "write shard list" >> _WriteLines(files.join(work, "shards.jsonl")))
     if not cfg.vocab_size:
         return
-    sentences = kept | "sides" >> beam.FlatMap(lambda pair: [(pair[0], pair[1]), (pair[0], pair[2])])
+    sentences = kept | "sides" >> beam.FlatMap(
+        lambda pair: [(pair[0], pair[1]), (pair[0], pair[2])])
     (sentences | "count words" >> beam.ParDo(_CountWords(cfg.vocab_lowercase))
      | "sum words" >> beam.CombinePerKey(sum)
      | beam.MapTuple(lambda key, n: (key[0], (key[1], n)))
@@ -358,8 +361,9 @@ def _manifest(output: str, exclude_files) -> Manifest:
                     key=lambda s: (s["lang"], s["shard"]))
     inputs = sorted(_json_lines(files.join(work, "inputs.jsonl")), key=lambda e: e["index"])
     preparation = Preparation(
-        inputs=tuple(FileEntry(files.absolute(e["path"]), e["bytes"], dict(sorted(e["pairs"].items())),
-                               e["malformed"], tuple(e["malformed_examples"])) for e in inputs),
+        inputs=tuple(FileEntry(files.absolute(e["path"]), e["bytes"],
+                               dict(sorted(e["pairs"].items())), e["malformed"],
+                               tuple(e["malformed_examples"])) for e in inputs),
         excluded=dict(_json_lines(files.join(work, "excluded.jsonl"))),
         duplicates=dict(_json_lines(files.join(work, "duplicates.jsonl"))),
         exclude_files=tuple(files.absolute(p) for p in exclude_files))
