@@ -23,11 +23,12 @@ from typing import Callable, Iterator, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the ops an exported preprocessor runs)
 from absl import app, flags, logging
 
 from labse_tf import baselines, checkpoints, export, files, index, mining
 from labse_tf.model import INPUT_NAMES, embed
+# Importing preprocessing imports tensorflow_text, which registers the ops an exported
+# preprocessor runs (hub.load needs them).
 from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = ["EmbedFn", "Embedder", "embed_fn_from_export", "embed_fn_from_run",

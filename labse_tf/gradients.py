@@ -84,7 +84,7 @@ def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: L
     if chunk_size <= 0:
         with tf.GradientTape() as tape:
             # One encoder call per side: two independent passes that a CPU runs side by
-            # side (1.3x the pairs/s of one call on both sides: bench/README.md section 1).
+            # side (bench/README.md section 1, "Each side its own encoder call").
             embeddings = tf.concat([forward(batch["src"]), forward(batch["tgt"])], 0)
             total, loss, metrics = objective(embeddings)
         grads = tape.gradient(total, variables)

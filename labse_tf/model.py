@@ -40,9 +40,9 @@ def _project_as_matmul(layer: keras.layers.EinsumDense) -> None:
     """Computes an attention projection as one `[tokens, in] x [in, out]` MatMul.
 
     The product `EinsumDense` computes, by the fastest kernel: Keras 3's TensorFlow einsum
-    makes it a broadcasting BatchMatMul when the sequence length is static (~1.6x slower
-    to train on CPU), and tf.einsum when it is not, whose bfloat16 CPU kernel is ~20x
-    slower than MatMul's (bench/README.md section 1).
+    makes it a broadcasting BatchMatMul when the sequence length is static, and tf.einsum
+    when it is not, whose bfloat16 CPU kernel is slower still than MatMul's (bench/README.md
+    section 1 measures both).
     """
     contracted = _FLAT_EQUATIONS[layer.equation]
 

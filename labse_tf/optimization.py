@@ -1,6 +1,8 @@
 """AdamW with warm-up and decay, set up for an explicit cross-replica training step, with
 fused dense updates and embedding gradients that are never densified more than once."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -36,7 +38,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         if self.schedule == "linear":
             decayed = 1.0 - progress
         elif self.schedule == "cosine":
-            decayed = 0.5 * (1.0 + tf.cos(3.14159265 * progress))
+            decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             decayed = tf.ones_like(progress)
         return self.peak * tf.where(step < self.warmup_steps, (step + 1) / warmup, decayed)
@@ -90,7 +92,8 @@ class _AdamW(keras.optimizers.AdamW):
         norm = tf.linalg.global_norm([g for g in grads if g is not None])  # rows of slices
         # As Keras: min(1, clip / norm), and NaN (caught by the step) for a non-finite norm.
         scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm)
-        scale += norm - norm
+        non_finite = norm - norm  # 0 for a finite norm, NaN for an infinite or NaN one
+        scale += non_finite
         return [None if g is None
                 else tf.IndexedSlices(g.values * scale, g.indices, g.dense_shape)
                 if isinstance(g, tf.IndexedSlices) else g * scale for g in grads]

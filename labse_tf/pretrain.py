@@ -36,7 +36,6 @@ from labse_tf.losses import masked_lm_loss
 from labse_tf.model import INPUT_NAMES, build_encoder, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
-# Shared with labse_tf.train rather than copied (its home should be distribute.py).
 
 __all__ = ["Stage", "build_masked_lm", "mlm_gradients", "mlm_variables", "plan_stages",
            "pretrain", "stack_layers"]
