@@ -19,7 +19,7 @@ from labse_tf.config import LossConfig
 from labse_tf.distribute import gather_global_batch
 from labse_tf.losses import translation_ranking_loss
 
-__all__ = ["compute_gradients", "seed_generators"]
+__all__ = ["compute_gradients"]
 
 Forward = Callable[[dict], tf.Tensor]  # packed inputs → embeddings [batch, dim]
 
@@ -41,14 +41,6 @@ def _both_sides(batch: dict) -> dict:
     return {k: tf.concat([batch["src"][k], batch["tgt"][k]], 0) for k in batch["src"]}
 
 
-def seed_generators(model: keras.Model) -> list:
-    """Every SeedGenerator (dropout randomness) inside `model`."""
-    found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        found += [g for g in getattr(layer, "_seed_generators", []) if g not in found]
-    return found
-
-
 def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: LossConfig, *,
                       optimizer=None, chunk_size: int = 0,
                       generators: Sequence = ()) -> tuple[list, dict]:
@@ -63,7 +55,8 @@ def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: L
       chunk_size: int. 0 = direct; else gradient caching with chunks of this many
         sentences (it must divide the local batch: the 2 x batch sentences of both sides
         make 2 x batch / chunk_size chunks).
-      generators: SeedGenerators of the model's dropout, replayed for the second pass.
+      generators: SeedGenerators of the model's dropout (compat.seed_generators),
+        replayed for the second pass.
 
     Returns:
       (gradients, metrics): gradients identical on every replica; metrics are this

@@ -8,6 +8,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from labse_tf import compat
 from labse_tf.config import ModelConfig
 
 __all__ = ["INPUT_NAMES", "build_encoder", "encoder_dtype_policy", "embed"]
@@ -57,7 +58,7 @@ def _project_as_matmul(layer: keras.layers.EinsumDense) -> None:
             x = keras.ops.add(x, layer.bias)
         return x if layer.activation is None else layer.activation(x)
 
-    object.__setattr__(layer, "call", call)  # this instance only; Keras tracks no functions
+    compat.replace_call(layer, call)  # this instance only
 
 
 def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") -> keras.Model:
@@ -80,7 +81,7 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") ->
         hidden_dim=cfg.hidden_dim, intermediate_dim=cfg.intermediate_dim,
         dropout=cfg.dropout, max_sequence_length=cfg.max_sequence_length, num_segments=2,
         dtype=encoder_dtype_policy(precision), name="bert")
-    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.sublayers(backbone):
         if isinstance(layer, keras.layers.EinsumDense) and layer.equation in _FLAT_EQUATIONS:
             _project_as_matmul(layer)
     outputs = backbone.output

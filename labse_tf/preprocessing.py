@@ -6,7 +6,8 @@ TF Hub preprocessor, so training and serving cannot tokenize differently.
 
 import tensorflow as tf
 import tensorflow_text as tf_text
-from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
+
+from labse_tf.compat import BasicTokenizer
 
 __all__ = ["Preprocessor", "SPECIAL_TOKENS", "normalize", "read_vocab", "trim_padding"]
 

@@ -21,7 +21,8 @@ from absl import app, flags, logging
 
 from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
 from labse_tf import run_setup
-from labse_tf.gradients import compute_gradients, seed_generators
+from labse_tf.compat import seed_generators
+from labse_tf.gradients import compute_gradients
 from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
 from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer, retarget_decay
