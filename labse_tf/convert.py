@@ -45,8 +45,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from labse_tf import checkpoints, config as config_lib, files
-from labse_tf.model import build_encoder
+from labse_tf import checkpoints, config as config_lib, files, rundir
+from labse_tf.model import build_encoder, copy_weights
 from labse_tf.preprocessing import SPECIAL_TOKENS, read_vocab
 
 __all__ = ["SOURCES", "ConversionError", "Source", "Tensor", "convert", "map_weights",
@@ -541,8 +541,7 @@ def convert(kind: str, path: str, output: str, *, vocab: str | None = None,
                  "seq_length": min(seq_length, source.model["max_sequence_length"])}})
     encoder = build_encoder(cfg.model, len(source.vocab))
     plan = map_weights(source, {w.path: tuple(w.shape) for w in encoder.weights})
-    for weight in encoder.weights:
-        weight.assign(plan[weight.path]())
+    copy_weights(encoder, lambda path: plan[path](), what=f"converting {source.description}")
     checkpoint = checkpoints.write_run(cfg, source.vocab, encoder, output)
     m = cfg.model
     log(f"converted {source.description}")
@@ -555,8 +554,8 @@ def convert(kind: str, path: str, output: str, *, vocab: str | None = None,
         log(f"  skipped (outside the encoder): {_listing(source.ignored)}")
     for note in notes:
         log(f"  note: {note}")
-    log(f"wrote {output} (config.yaml, vocab.txt, "
-        f"{checkpoints.CHECKPOINT_DIR}/{files.basename(checkpoint)})")
+    log(f"wrote {output} ({rundir.CONFIG_FILE}, {rundir.VOCAB_FILE}, "
+        f"{rundir.CHECKPOINT_DIR}/{files.basename(checkpoint)})")
     return {"checkpoint": checkpoint, "config": dataclasses.asdict(m), "lowercase": lowercase,
             "parameters": encoder.count_params(), "notes": notes, "ignored": source.ignored}
 

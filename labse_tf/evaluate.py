@@ -111,13 +111,13 @@ def serving_version_dir(path: str) -> str:
     Exports keep TF Serving versions as EXPORT_DIR/serving/<integer>/; the highest version is
     the one TF Serving would serve, so it is the one chosen.
     """
-    if files.exists(files.join(path, "saved_model.pb")):
+    if files.exists(files.join(path, export.SAVED_MODEL_FILE)):
         return path
-    parent = files.join(path, "serving")
+    parent = files.join(path, export.SERVING_DIR)
     parent = parent if files.isdir(parent) else path
     names = files.listdir(parent) if files.isdir(parent) else []
     versions = [int(n) for n in names if n.isdigit()
-                and files.exists(files.join(parent, n, "saved_model.pb"))]
+                and files.exists(files.join(parent, n, export.SAVED_MODEL_FILE))]
     if not versions:
         raise FileNotFoundError(
             f"{path}: not an export (expected EXPORT_DIR/serving/<version>/saved_model.pb, a "

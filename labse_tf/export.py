@@ -30,12 +30,13 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from labse_tf import checkpoints, files
+from labse_tf import checkpoints, files, rundir
 from labse_tf.model import INPUT_NAMES
 from labse_tf.preprocessing import Preprocessor
 
 __all__ = ["ENCODER_OUTPUTS", "HUB_INPUT_NAMES", "MODEL_NAME", "SAVED_MODEL_FILE",
-           "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR", "WARMUP_FILE",
+           "SERVING_DIR", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR",
+           "WARMUP_FILE",
            "HubEncoder", "HubPreprocessor", "ServingModel", "export_model", "next_version"]
 
 FLAGS = flags.FLAGS
@@ -58,6 +59,8 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 SAVED_MODEL_FILE = "saved_model.pb"
 # Under EXPORT_DIR: where the models are written before they are published.
 STAGING_DIR = ".staging"
+# Under EXPORT_DIR: the TF Serving model, one <version>/ SavedModel each.
+SERVING_DIR = "serving"
 # Warm-up batches of size 1 and 4: short, empty and long inputs, several scripts.
 _WARMUP_BATCHES = (
     ("Hello world.",),
@@ -352,7 +355,7 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
     if not 3 <= seq_length <= max_length:
         raise ValueError(f"seq_length must be in [3, {max_length}] (the encoder's "
                          f"max_sequence_length), got {seq_length}")
-    serving_dir = files.join(export_dir, "serving")
+    serving_dir = files.join(export_dir, SERVING_DIR)
     version = next_version(serving_dir) if version is None else version
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
@@ -402,7 +405,7 @@ def main(argv):
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
         paths = export_model(preprocessor, encoder,
-                             FLAGS.export_dir or files.join(FLAGS.model_dir, "export"),
+                             FLAGS.export_dir or files.join(FLAGS.model_dir, rundir.EXPORT_DIR),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
     except (OSError, ValueError, tf.errors.OpError) as e:  # OpError: gs:// and the like
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
-from labse_tf import checkpoints, config as config_lib, files
+from labse_tf import checkpoints, config as config_lib, files, rundir
 from labse_tf.pacing import Pacer
 
 __all__ = ["LoopOptions", "LoopResult", "NonFiniteLossError", "compile_loop", "run_loop"]
@@ -115,7 +115,7 @@ def run_loop(loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, model_di
     """
     step, end = checkpoint.step, options.end
     with checkpoints.Saver(checkpoint, model_dir, options.keep_checkpoints, is_chief) as saver:
-        writer = (tf.summary.create_file_writer(files.join(model_dir, checkpoints.SUMMARIES_DIR))
+        writer = (tf.summary.create_file_writer(files.join(model_dir, rundir.SUMMARIES_DIR))
                   if is_chief else tf.summary.create_noop_writer())
         start_step, start_time = int(step.numpy()), time.time()
         pacer = Pacer(model_dir, options.time_budget, start_step, options.total_steps, retarget)

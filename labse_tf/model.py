@@ -3,6 +3,8 @@
 One encoder serves both sides of the dual encoder. This file builds models; it never trains.
 """
 
+from typing import Callable
+
 import keras
 import keras_hub
 import numpy as np
@@ -11,7 +13,7 @@ import tensorflow as tf
 from labse_tf import compat
 from labse_tf.config import ModelConfig
 
-__all__ = ["INPUT_NAMES", "build_encoder", "encoder_dtype_policy", "embed"]
+__all__ = ["INPUT_NAMES", "build_encoder", "copy_weights", "encoder_dtype_policy", "embed"]
 
 # keras-hub input names; export.py maps them to the TF Hub names.
 INPUT_NAMES = ("token_ids", "padding_mask", "segment_ids")
@@ -103,3 +105,26 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") ->
 def embed(encoder: keras.Model, inputs: dict, training: bool = False) -> tf.Tensor:
     """Sentence embeddings `[batch, hidden]` (float32, unit norm) for packed inputs."""
     return encoder({k: inputs[k] for k in INPUT_NAMES}, training=training)["embedding"]
+
+
+def copy_weights(target: keras.Model, value_of: Callable[[str], object], *,
+                 rename: Callable[[str], str] | None = None, what: str = "copying") -> None:
+    """Sets every weight of `target` from its source, found by variable path.
+
+    Args:
+      target: keras.Model. The model whose weights are set.
+      value_of: callable. A source path → the value for it (array, tensor or variable), or
+        None when the source has none; called once per weight, so values may load lazily.
+      rename: callable or None. A weight's path → its source's path; default the same.
+      what: str. The copy, for the error message ("stacking a 2-layer model").
+
+    Raises:
+      ValueError: a weight has no source of its shape.
+    """
+    for weight in target.weights:
+        path = rename(weight.path) if rename else weight.path
+        value = value_of(path)
+        if value is None or tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(f"{what}: {weight.path} {tuple(weight.shape)} has no source of "
+                             f"that shape ({path})")
+        weight.assign(value)

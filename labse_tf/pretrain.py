@@ -12,7 +12,7 @@ then grow to L layers the same way. One step counter runs through the stages, sp
 `pretrain.stage_steps`; the learning-rate schedule spans the whole run, and each stage
 starts a fresh AdamW (its moments would not fit the new shapes).
 
-The run directory is labse_tf.train's (see checkpoints.py). The final stage checkpoints
+The run directory is labse_tf.train's (see rundir.py). The final stage checkpoints
 into MODEL_DIR/checkpoints — the full-depth encoder under `encoder`, the MLM head under
 `mlm_head` — so `labse_tf.train --init_checkpoint=MODEL_DIR` and `checkpoints.load_run`
 read it like a training run. Earlier stages checkpoint into MODEL_DIR/stages/<k>/. A
@@ -29,11 +29,11 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, files, run_setup
-from labse_tf.checkpoints import CHECKPOINT_DIR
+from labse_tf import checkpoints, config as config_lib, data, distribute, files, rundir, run_setup
+from labse_tf.rundir import CHECKPOINT_DIR
 from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
 from labse_tf.losses import masked_lm_loss
-from labse_tf.model import INPUT_NAMES, build_encoder, encoder_dtype_policy
+from labse_tf.model import INPUT_NAMES, build_encoder, copy_weights, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
 
@@ -42,7 +42,6 @@ __all__ = ["Stage", "build_masked_lm", "mlm_gradients", "mlm_variables", "plan_s
 
 FLAGS = flags.FLAGS
 
-STAGES_DIR = "stages"
 # Each stage's depth as a fraction of model.num_layers: L/4, L/2, L.
 _DIVISORS = (4, 2, 1)
 _LAYER = re.compile(r"^transformer_layer_(\d+)/")
@@ -82,7 +81,7 @@ def plan_stages(cfg: config_lib.Config, model_dir: str) -> list[Stage]:
                 f"model.num_layers: {layers} does not divide by {divisor}, which stage "
                 f"{number} of pretrain.stage_steps ({count} steps) needs")
         if count:
-            where = model_dir if number == 3 else files.join(model_dir, STAGES_DIR, str(number))
+            where = model_dir if number == 3 else rundir.stage_dir(model_dir, number)
             stages.append(Stage(number, layers // divisor, start, start + count, where))
         start += count
     return stages
@@ -125,14 +124,10 @@ def stack_layers(source: keras.Model, target: keras.Model) -> None:
       ValueError: a target weight has no source of the same shape.
     """
     depth = _layer_count(source)
-    weights = {v.path: v for v in source.weights}
-    for variable in target.weights:
-        path = _LAYER.sub(lambda m: f"transformer_layer_{int(m.group(1)) % depth}/", variable.path)
-        origin = weights.get(path)
-        if origin is None or tuple(origin.shape) != tuple(variable.shape):
-            raise ValueError(f"stacking a {depth}-layer model: {variable.path} "
-                             f"{tuple(variable.shape)} has no source of that shape ({path})")
-        variable.assign(origin)
+    copy_weights(target, {v.path: v for v in source.weights}.get,
+                 rename=lambda path: _LAYER.sub(
+                     lambda m: f"transformer_layer_{int(m.group(1)) % depth}/", path),
+                 what=f"stacking a {depth}-layer model")
 
 
 def mlm_variables(model: keras.Model) -> list:

@@ -10,8 +10,8 @@ import os
 import tensorflow as tf
 from absl import flags
 
-from labse_tf import checkpoints, config as config_lib, corpus, data, distribute, files, vocab
-from labse_tf.checkpoints import CHECKPOINT_DIR, MANIFEST_FILE
+from labse_tf import config as config_lib, corpus, data, distribute, files, rundir, vocab
+from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 from labse_tf.preprocessing import Preprocessor
 
 __all__ = ["DEFAULT_MODEL_DIR", "data_sampling", "define_run_flags", "pipeline_batches",
@@ -49,7 +49,7 @@ def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=prin
       (cfg with vocab fields resolved, corpus manifest, preprocessor).
     """
     is_chief = strategy is None or distribute.is_chief(strategy)
-    vocab_file = checkpoints.vocab_path(model_dir)
+    vocab_file = rundir.vocab_path(model_dir)
     if is_chief:
         manifest = _settle_manifest(train_patterns, model_dir, cfg.data.report_malformed, log)
         log(f"training data: {manifest.pairs:,} pairs in {len(manifest.langs)} languages, "
@@ -123,7 +123,7 @@ def _settle_vocab(cfg: config_lib.Config, manifest: corpus.Manifest, vocab_file:
 
 def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
     """A resumed run must keep the encoder shape its checkpoints were saved with."""
-    path = files.join(model_dir, checkpoints.CONFIG_FILE)
+    path = files.join(model_dir, rundir.CONFIG_FILE)
     if not files.exists(path) or not tf.train.latest_checkpoint(
             files.join(model_dir, CHECKPOINT_DIR)):
         return

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
-from labse_tf import run_setup
+from labse_tf import rundir, run_setup
 from labse_tf.compat import seed_generators
 from labse_tf.gradients import compute_gradients
 from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
@@ -113,13 +113,13 @@ def inherit_pretrained(cfg: config_lib.Config, init_checkpoint: str, log=print) 
     """This run's config with the pre-trained run's encoder shape, vocabulary and casing."""
     init_dir = (init_checkpoint if files.isdir(init_checkpoint)
                 else files.dirname(files.dirname(init_checkpoint)))
-    source = config_lib.load_config(files.join(init_dir, checkpoints.CONFIG_FILE))
+    source = config_lib.load_config(files.join(init_dir, rundir.CONFIG_FILE))
     shape = {f: getattr(source.model, f) for f in _SHAPE_FIELDS}
     log(f"encoder shape and vocabulary from {init_dir}: "
         + ", ".join(f"{k}={v}" for k, v in shape.items()))
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, **shape),
-        data=dataclasses.replace(cfg.data, vocab_file=checkpoints.vocab_path(init_dir),
+        data=dataclasses.replace(cfg.data, vocab_file=rundir.vocab_path(init_dir),
                                  lowercase=source.data.lowercase))
 
 
@@ -153,7 +153,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         optimizer.build(encoder.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(encoder=encoder, optimizer=optimizer, step=step)
-    latest = tf.train.latest_checkpoint(files.join(model_dir, checkpoints.CHECKPOINT_DIR))
+    latest = tf.train.latest_checkpoint(files.join(model_dir, rundir.CHECKPOINT_DIR))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at step {int(step.numpy())}")
@@ -219,14 +219,14 @@ def main(argv):
     if FLAGS.export and distribute.is_chief(strategy):
         summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
         checkpoints.write_summary(summary, FLAGS.model_dir)
-    log(f"summary:       {files.join(summary['model_dir'], checkpoints.SUMMARY_FILE)}")
+    log(f"summary:       {files.join(summary['model_dir'], rundir.SUMMARY_FILE)}")
 
 
 def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:
     """Exports the final checkpoint (in fp32) and scores the exported serving model."""
     _, preprocessor, encoder, _ = checkpoints.load_run(model_dir)
     paths = export.export_model(preprocessor, encoder,
-                                export_dir or files.join(model_dir, "export"),
+                                export_dir or files.join(model_dir, rundir.EXPORT_DIR),
                                 seq_length=preprocessor.seq_length)
     for name, path in paths.items():
         log(f"exported {name + ':':13s} {path}")

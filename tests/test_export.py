@@ -20,7 +20,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from labse_tf import checkpoints, config as config_lib, export, files
+from labse_tf import checkpoints, config as config_lib, export, files, rundir
 from labse_tf.model import INPUT_NAMES, build_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +293,7 @@ def _run(args, cwd, env=None, returncode=0):
 @pytest.fixture(scope="module")
 def first_checkpoint(tiny_run):
     """The run's oldest checkpoint, so exporting a given one (not the latest) is tested."""
-    state = tf.train.get_checkpoint_state(os.path.join(tiny_run, checkpoints.CHECKPOINT_DIR))
+    state = tf.train.get_checkpoint_state(os.path.join(tiny_run, rundir.CHECKPOINT_DIR))
     first, latest = state.all_model_checkpoint_paths[0], state.model_checkpoint_path
     assert first != latest
     return first

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import loop as loop_lib, pacing
-from labse_tf.checkpoints import CLOCK_FILE
+from labse_tf.rundir import CLOCK_FILE
 from labse_tf.loop import LoopOptions, run_loop
 
 SECONDS_PER_STEP = 0.02

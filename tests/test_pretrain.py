@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import config as config_lib, data, pretrain, train
-from labse_tf.checkpoints import CHECKPOINT_DIR
+from labse_tf.rundir import CHECKPOINT_DIR
 from labse_tf.losses import masked_lm_loss
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
