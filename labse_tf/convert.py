@@ -36,7 +36,6 @@ import json
 import math
 import re
 import struct
-import sys
 from typing import Callable
 
 import h5py
@@ -45,7 +44,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from labse_tf import checkpoints, config as config_lib, files, rundir
+from labse_tf import checkpoints, cli, config as config_lib, files, rundir
 from labse_tf.model import build_encoder, copy_weights
 from labse_tf.preprocessing import SPECIAL_TOKENS, read_vocab
 
@@ -582,14 +581,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    try:
+    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
+    with cli.exit_on(ValueError, OSError, tf.errors.OpError):
         convert(FLAGS["from"].value, FLAGS.source, FLAGS.output, vocab=FLAGS.vocab,
                 lowercase=FLAGS.lowercase, seq_length=FLAGS.seq_length,
-                log=lambda msg: print(msg, flush=True))
-    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+                log=cli.log)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ This file is the only place the TF Hub input names appear; the package uses kera
 Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
 """
 
-import sys
-
 import keras
 import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from labse_tf import checkpoints, files, rundir
+from labse_tf import checkpoints, cli, files, rundir
 from labse_tf.model import INPUT_NAMES
 from labse_tf.preprocessing import Preprocessor
 
@@ -401,15 +399,13 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
+    # OpError: gs:// and the like
+    with cli.exit_on(OSError, ValueError, tf.errors.OpError):
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
         paths = export_model(preprocessor, encoder,
                              FLAGS.export_dir or files.join(FLAGS.model_dir, rundir.EXPORT_DIR),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
-    except (OSError, ValueError, tf.errors.OpError) as e:  # OpError: gs:// and the like
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")
     for kind, path in paths.items():
         print(f"  {kind}: {path}")

@@ -21,13 +21,12 @@ recall and F1 of the written pairs, and the threshold that maximises F1.
 """
 
 import dataclasses
-import sys
 from typing import Callable, Iterable
 
 import numpy as np
 from absl import app, flags, logging
 
-from labse_tf import embeddings, evaluate, files, index, mining
+from labse_tf import cli, embeddings, evaluate, files, index, mining
 
 FLAGS = flags.FLAGS
 
@@ -243,20 +242,16 @@ def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
     has_model = FLAGS.model or FLAGS.model_dir or FLAGS.trigram_baseline
-    try:
+    with cli.exit_on(FileNotFoundError, ValueError):
         mine_files(
             FLAGS.src, FLAGS.tgt, FLAGS.out, src_embeddings=FLAGS.src_embeddings,
             tgt_embeddings=FLAGS.tgt_embeddings,
-            embed_fn_for=(lambda corpus: evaluate.embed_fn_from_flags(log, corpus)[0])
+            embed_fn_for=(lambda corpus: evaluate.embed_fn_from_flags(cli.log, corpus)[0])
             if has_model else None,
             k=FLAGS.k, strategy=FLAGS.strategy, threshold=FLAGS.threshold,
             max_pairs=FLAGS.max_pairs, gold_path=FLAGS.gold,
-            index_options=index.options_from_flags(), log=log)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            index_options=index.options_from_flags(), log=cli.log)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ resumed run restores the latest stage that has a checkpoint and goes on from the
 import dataclasses
 import os
 import re
-import sys
 
 import keras
 import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, files, rundir, run_setup
+from labse_tf import checkpoints, cli, config as config_lib, data, distribute, files, rundir
+from labse_tf import run_setup
 from labse_tf.rundir import CHECKPOINT_DIR
 from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
 from labse_tf.losses import masked_lm_loss
@@ -307,21 +307,17 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
-    try:
+    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
+                     FileNotFoundError, files.FileError):
         cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
         strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
                                             cpu_replicas=FLAGS.cpu_replicas)
         summary = pretrain(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                            train_patterns=FLAGS.train_data or [data.sample_corpus_path("train")],
-                           log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
-            files.FileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"run directory: {summary['model_dir']}")
-    log(f"checkpoint:    {summary['checkpoint']}")
-    log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']}")
+                           log=cli.log)
+    cli.log(f"run directory: {summary['model_dir']}")
+    cli.log(f"checkpoint:    {summary['checkpoint']}")
+    cli.log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']}")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ OUTPUT is a model directory like MODEL_DIR (config.yaml, vocab.txt, checkpoints/
 """
 
 import dataclasses
-import sys
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, data, files, rundir
+from labse_tf import checkpoints, cli, data, files, rundir
 from labse_tf.model import build_encoder, copy_weights
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize, read_vocab
 
@@ -193,14 +192,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    try:
+    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
+    with cli.exit_on(ValueError, OSError, tf.errors.OpError):
         prune(FLAGS.model_dir, FLAGS.corpus, FLAGS.output, keep_langs=FLAGS.keep_langs,
               min_count=FLAGS.min_count, checkpoint=FLAGS.checkpoint,
-              batch_size=FLAGS.batch_size, log=lambda msg: print(msg, flush=True))
-    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+              batch_size=FLAGS.batch_size, log=cli.log)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 """
 
 import dataclasses
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
-from labse_tf import rundir, run_setup
+from labse_tf import checkpoints, cli, config as config_lib, data, distribute, evaluate, export
+from labse_tf import files, rundir, run_setup
 from labse_tf.compat import seed_generators
 from labse_tf.gradients import compute_gradients
 from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
@@ -190,36 +189,32 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
     train_patterns = FLAGS.train_data or [data.sample_corpus_path("train")]
     eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
-    try:
+    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
+                     FileNotFoundError, files.FileError):
         cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
         # First: logical CPU replicas can only be set up before TF runs any op.
         strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
                                             cpu_replicas=FLAGS.cpu_replicas)
         eval_sets = {}
         if eval_patterns:
-            eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=log)
+            eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=cli.log)
         if FLAGS.eval_tatoeba_dir:
             tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
             eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
         summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                         train_patterns=train_patterns, eval_sets=eval_sets,
-                        init_checkpoint=FLAGS.init_checkpoint, log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
-            files.FileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"run directory: {summary['model_dir']}")
-    log(f"checkpoint:    {summary['checkpoint']}")
+                        init_checkpoint=FLAGS.init_checkpoint, log=cli.log)
+    cli.log(f"run directory: {summary['model_dir']}")
+    cli.log(f"checkpoint:    {summary['checkpoint']}")
     for entry in summary["evaluations"][-1:]:
         shown = ", ".join(f"{k} {v:.1%}" for k, v in entry.items() if k.endswith("accuracy"))
-        log(f"retrieval at step {entry['step']}: {shown}")
+        cli.log(f"retrieval at step {entry['step']}: {shown}")
     if FLAGS.export and distribute.is_chief(strategy):
-        summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
+        summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, cli.log)
         checkpoints.write_summary(summary, FLAGS.model_dir)
-    log(f"summary:       {files.join(summary['model_dir'], rundir.SUMMARY_FILE)}")
+    cli.log(f"summary:       {files.join(summary['model_dir'], rundir.SUMMARY_FILE)}")
 
 
 def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:

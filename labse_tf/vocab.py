@@ -10,7 +10,6 @@ summary per language (unknown-token rate, pieces per word) is printed and writte
 beside the vocabulary.
 """
 
-import sys
 import time
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
 
-from labse_tf import data, files
+from labse_tf import cli, data, files
 from labse_tf.corpus import Manifest
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize
 
@@ -143,14 +142,10 @@ def define_flags():
 def main(argv):
     del argv
     start = time.time()
-    log = lambda msg: print(msg, flush=True)
-    try:
-        manifest = data.load_manifest(FLAGS.input, log=log)
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"{manifest.pairs:,} pairs in {len(manifest.langs)} languages "
-        f"({manifest.malformed} malformed lines skipped)")
+    with cli.exit_on(data.DataError):
+        manifest = data.load_manifest(FLAGS.input, log=cli.log)
+    cli.log(f"{manifest.pairs:,} pairs in {len(manifest.langs)} languages "
+            f"({manifest.malformed} malformed lines skipped)")
     sample = sample_sentences(manifest, FLAGS.alpha, FLAGS.max_sentences, FLAGS.seed)
     sentences = [s for group in sample.values() for s in group]
     print(f"learning a {FLAGS.vocab_size}-token vocabulary from {len(sentences)} sampled "
