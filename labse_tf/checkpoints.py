@@ -11,7 +11,8 @@ import tensorflow as tf
 from labse_tf import config as config_lib, files
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
-from labse_tf.rundir import BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, SCORE_FILE, SUMMARY_FILE, vocab_path
+from labse_tf.rundir import (BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, SCORE_FILE, SUMMARY_FILE,
+                             vocab_path)
 
 __all__ = ["Saver", "find_checkpoint", "load_run", "write_run", "write_summary"]
 

@@ -363,6 +363,11 @@ def _first_chunk(rates: np.ndarray, phases: np.ndarray, rounds: int, groups: int
     return lo
 
 
+def _pipeline_key(sampling: Sampling, pipeline: int) -> tf.Tensor:
+    """The stateless-random key of one input pipeline's streams (its draws, its masks)."""
+    return tf.constant([sampling.seed, pipeline], tf.int64)
+
+
 def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
                  start_step: int = 0, num_pipelines: int = 1,
                  pipeline: int = 0) -> tf.data.Dataset:
@@ -385,7 +390,7 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
     shards = language_shards(manifest, num_pipelines, pipeline)
     table = _ShardTable.build([shards[lang] for lang in manifest.langs])
     rates = mixing_rates(list(manifest.counts().values()), sampling.alpha)
-    key = tf.constant([sampling.seed, pipeline], tf.int64)
+    key = _pipeline_key(sampling, pipeline)
     fold = tf.random.experimental.stateless_fold_in
     phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, -1), dtype=tf.float64).numpy()
     rounds = chunk_rounds(rates, group, sampling.chunk)
@@ -541,7 +546,7 @@ def masked_lm_dataset(manifest: Manifest, preprocessor: Preprocessor, *, batch_s
         mask_token_rate=m.mask_token_rate, random_token_rate=m.random_token_rate)
     strings = pair_strings(manifest, batch_size=batch_size, sampling=sampling,
                            start_step=start_step, num_pipelines=num_pipelines, pipeline=pipeline)
-    seed = tf.constant([sampling.seed, pipeline], tf.int64)
+    seed = _pipeline_key(sampling, pipeline)
 
     # Straight-line TF ops: AutoGraph would only slow the tracing (by seconds).
     @tf.autograph.experimental.do_not_convert

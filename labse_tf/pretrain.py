@@ -20,6 +20,7 @@ resumed run restores the latest stage that has a checkpoint and goes on from the
 """
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -28,17 +29,16 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, cli, config as config_lib, data, distribute, files, rundir
-from labse_tf import run_setup
+from labse_tf import cli, config as config_lib, data, distribute, files, rundir, run_setup
 from labse_tf.rundir import CHECKPOINT_DIR
-from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
-from labse_tf.losses import masked_lm_loss
+from labse_tf.gradients import mlm_gradients
+from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
 from labse_tf.model import INPUT_NAMES, build_encoder, copy_weights, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
 
-__all__ = ["Stage", "build_masked_lm", "mlm_gradients", "mlm_variables", "plan_stages",
-           "pretrain", "stack_layers"]
+__all__ = ["Stage", "build_masked_lm", "mlm_variables", "plan_stages", "pretrain",
+           "stack_layers"]
 
 FLAGS = flags.FLAGS
 
@@ -150,78 +150,24 @@ def _build_stage(cfg: config_lib.Config, stage: Stage, vocab_size: int, strategy
     return model, optimizer
 
 
-def mlm_gradients(forward, variables, batch: dict, *, optimizer=None) -> tuple[list, dict]:
-    """Gradients of the masked-LM loss over the global batch, summed over replicas.
-
-    Each replica weights its mean loss by its share of the global predictions, so the
-    summed gradients are those of one weighted mean over every replica's predictions.
-
-    Args:
-      forward: callable. The batch → logits `[batch, predictions, vocab]` (training mode).
-      variables: the trainable variables.
-      batch: dict. This replica's examples from data.masked_lm_dataset.
-      optimizer: optional; a LossScaleOptimizer scales the loss (fp16).
-
-    Returns:
-      (gradients, metrics): gradients identical on every replica; metrics are this
-      replica's masked-LM loss and accuracy.
-    """
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx else 1
-    local = tf.reduce_sum(batch["mask_weights"])
-    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if replicas > 1 else local
-    with tf.GradientTape() as tape:
-        loss, accuracy = masked_lm_loss(forward(batch), batch["mask_ids"], batch["mask_weights"])
-        scaled = loss * tf.math.divide_no_nan(local, total)
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            scaled = optimizer.scale_loss(scaled)
-    grads = tape.gradient(scaled, variables)
-    if replicas > 1:
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    return grads, {"loss": loss, "accuracy": accuracy}
-
-
-def _make_step(model: keras.Model, optimizer, cfg: config_lib.Config):
-    """The per-replica step: masked-LM gradients, then one update."""
-    forward = lambda batch: model({k: batch[k] for k in model.input}, training=True)
-    if cfg.train.jit_compile:
-        forward = tf.function(forward, jit_compile=True)
-
-    variables = mlm_variables(model)
-
-    def step(batch):
-        grads, metrics = mlm_gradients(forward, variables, batch, optimizer=optimizer)
-        optimizer.apply(grads, variables)
-        return metrics
-
-    return step
-
-
 def _distributed_examples(strategy, manifest, preprocessor, cfg: config_lib.Config,
                           start_step: int):
-    """A distributed iterator of masked MLM/TLM batches, each input pipeline on its shard."""
-    if cfg.train.global_batch_size % strategy.num_replicas_in_sync:
-        raise config_lib.ConfigError(
-            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
-            f"{strategy.num_replicas_in_sync} replicas")
+    """A distributed iterator of masked MLM/TLM batches from `start_step` on."""
     p = cfg.pretrain
-    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
-
     masking = data.Masking(tlm_fraction=p.tlm_fraction, mask_rate=p.mask_rate,
                            mask_token_rate=p.mask_token_rate,
                            random_token_rate=p.random_token_rate,
                            max_predictions=p.max_predictions)
+    return run_setup.distributed_batches(
+        strategy, cfg, start_step,
+        functools.partial(data.masked_lm_dataset, manifest, preprocessor, masking=masking))
 
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        return data.masked_lm_dataset(
-            manifest, preprocessor,
-            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=run_setup.data_sampling(cfg), masking=masking,
-            start_step=run_setup.pipeline_batches(ctx, start_step),
-            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
-            trim=not static)
 
-    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+def _make_step(model: keras.Model, optimizer, cfg: config_lib.Config):
+    """The per-replica step: masked-LM gradients, then one update."""
+    return make_step(functools.partial(mlm_gradients, optimizer=optimizer),
+                     lambda batch: model({k: batch[k] for k in model.input}, training=True),
+                     mlm_variables(model), optimizer, jit_compile=cfg.train.jit_compile)
 
 
 def _check(cfg: config_lib.Config) -> None:
@@ -257,7 +203,6 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
     keras.utils.set_random_seed(cfg.train.seed)
     stages = plan_stages(cfg, model_dir)
     _check(cfg)
-    is_chief = distribute.is_chief(strategy)
     cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
     with strategy.scope():
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -284,24 +229,17 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
         if iterator is None:
             iterator = _distributed_examples(strategy, manifest, preprocessor, cfg,
                                              int(step.numpy()))
-        result = run_loop(
-            compile_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"]),
-            iterator, checkpoint, stage.model_dir,
-            LoopOptions.from_train(cfg.train, stop_at=stage.end),
-            learning_rate=lambda o=optimizer: float(o.learning_rate), is_chief=is_chief,
-            log=log)
+        result = train_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"],
+                            iterator, checkpoint, stage.model_dir,
+                            LoopOptions.from_train(cfg.train, stop_at=stage.end), optimizer,
+                            log=log)
         results.append({"stage": stage.number, "num_layers": stage.num_layers,
                         "start_step": stage.start, "end_step": stage.end,
                         "checkpoint": result.checkpoint, "final_metrics": result.metrics})
         previous = model
-    summary = {
-        "model_dir": files.absolute(model_dir), "step": int(step.numpy()),
-        "checkpoint": results[-1]["checkpoint"], "stages": results, "data": manifest.summary(),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if is_chief:
-        checkpoints.write_summary(summary, model_dir)
-    return summary
+    return write_run_summary(strategy, model_dir, step=int(step.numpy()),
+                             checkpoint=results[-1]["checkpoint"], stages=results,
+                             data=manifest.summary())
 
 
 def main(argv):

@@ -12,6 +12,7 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -22,7 +23,7 @@ from labse_tf import checkpoints, cli, config as config_lib, data, distribute, e
 from labse_tf import files, rundir, run_setup
 from labse_tf.compat import seed_generators
 from labse_tf.gradients import compute_gradients
-from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
+from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
 from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer, retarget_decay
 from labse_tf.run_setup import define_run_flags, prepare_run
@@ -42,48 +43,18 @@ def define_train_flags():
 
 
 def distributed_pairs(strategy, manifest, preprocessor, cfg, start_step):
-    """A distributed iterator of per-replica batches, each input pipeline on its own shard."""
-    replicas = strategy.num_replicas_in_sync
-    if cfg.train.global_batch_size % replicas:
-        raise config_lib.ConfigError(
-            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
-            f"{replicas} replicas")
-
-    if (cfg.train.global_batch_size // replicas) % cfg.data.language_group:
-        raise config_lib.ConfigError(
-            f"data.language_group: {cfg.data.language_group} does not divide the batch of each "
-            f"of the {replicas} replicas ({cfg.train.global_batch_size // replicas} pairs)")
-
-    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
-
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        return data.pair_dataset(
-            manifest, preprocessor,
-            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=run_setup.data_sampling(cfg),
-            start_step=run_setup.pipeline_batches(ctx, start_step),
-            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
-            trim=not static)
-
-    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+    """A distributed iterator of per-replica batches of pairs from `start_step` on."""
+    return run_setup.distributed_batches(
+        strategy, cfg, start_step, functools.partial(data.pair_dataset, manifest, preprocessor))
 
 
 def make_train_step(encoder, optimizer, cfg):
-    """The per-replica step: gradients of the global-batch loss, then one update."""
-    forward = lambda inputs: encoder(inputs, training=True)["embedding"]
-    if cfg.train.jit_compile:
-        forward = tf.function(forward, jit_compile=True)
-
-    generators = seed_generators(encoder) if cfg.train.chunk_size else ()
-
-    def step(batch):
-        grads, metrics = compute_gradients(forward, encoder.trainable_variables, batch,
-                                           cfg.loss, optimizer=optimizer,
-                                           chunk_size=cfg.train.chunk_size, generators=generators)
-        optimizer.apply(grads, encoder.trainable_variables)
-        return metrics
-
-    return step
+    """The per-replica step: gradients of the global-batch ranking loss, then one update."""
+    gradients = functools.partial(
+        compute_gradients, cfg=cfg.loss, optimizer=optimizer, chunk_size=cfg.train.chunk_size,
+        generators=seed_generators(encoder) if cfg.train.chunk_size else ())
+    return make_step(gradients, lambda inputs: encoder(inputs, training=True)["embedding"],
+                     encoder.trainable_variables, optimizer, jit_compile=cfg.train.jit_compile)
 
 
 def _macro_retrieval(embed_fn, pairs: data.Pairs) -> float:
@@ -141,7 +112,6 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         raise config_lib.ConfigError(
             "train.time_budget_minutes: each worker would read its own clock and stop at its "
             "own step; under --strategy=multi_worker set train.steps instead")
-    is_chief = distribute.is_chief(strategy)
     if init_checkpoint:
         cfg = inherit_pretrained(cfg, init_checkpoint, log)
     cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
@@ -162,28 +132,19 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         f"hidden {cfg.model.hidden_dim}, vocabulary {preprocessor.vocab_size}; "
         f"{strategy.num_replicas_in_sync} replica(s), precision {cfg.train.precision}")
     iterator = distributed_pairs(strategy, manifest, preprocessor, cfg, int(step.numpy()))
-    step_fn = make_train_step(encoder, optimizer, cfg)
     names = ["loss", "src_to_tgt_accuracy"] + (["tgt_to_src_accuracy"] if cfg.loss.bidirectional else [])
-    loop = compile_loop(strategy, step_fn, names)
     eval_sets = eval_sets or {}
-    evaluate_fn = _eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None
     options = LoopOptions.from_train(
         cfg.train, eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "",
         time_budget=cfg.train.time_budget_minutes * 60)
-    result = run_loop(loop, iterator, checkpoint, model_dir, options,
-                      learning_rate=lambda: float(optimizer.learning_rate), evaluate=evaluate_fn,
-                      retarget=lambda end: retarget_decay(optimizer, end), is_chief=is_chief,
-                      log=log)
-    summary = {
-        "model_dir": files.absolute(model_dir), "step": result.step,
-        "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,
-        "final_metrics": result.metrics, "evaluations": result.evals,
-        "data": manifest.summary(), "seconds": round(result.seconds, 1),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if is_chief:
-        checkpoints.write_summary(summary, model_dir)
-    return summary
+    result = train_loop(strategy, make_train_step(encoder, optimizer, cfg), names, iterator,
+                        checkpoint, model_dir, options, optimizer,
+                        evaluate=_eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None,
+                        retarget=lambda end: retarget_decay(optimizer, end), log=log)
+    return write_run_summary(
+        strategy, model_dir, step=result.step, checkpoint=result.checkpoint,
+        best_checkpoint=result.best_checkpoint, final_metrics=result.metrics,
+        evaluations=result.evals, data=manifest.summary(), seconds=round(result.seconds, 1))
 
 
 def main(argv):
