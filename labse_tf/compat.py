@@ -15,9 +15,9 @@ import tensorflow_text
 # exports it only inside BertTokenizer, with its table-based wordpiece.
 from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
-__all__ = ["BasicTokenizer", "OPTIMIZER_OVERRIDES", "PINNED", "adam_slots",
-           "check_versions", "learning_rate_schedule", "replace_call", "seed_generators",
-           "sublayers", "variable_key"]
+__all__ = ["BasicTokenizer", "OPTIMIZER_OVERRIDES", "PINNED", "adam_slots", "built_variables",
+           "check_versions", "decays", "learning_rate_schedule", "replace_call",
+           "seed_generators", "sublayers", "variable_key"]
 
 # The versions (major.minor) whose internals this module was written against.
 PINNED = {"keras": "3.15", "tensorflow": "2.20", "tensorflow_text": "2.20"}
@@ -90,3 +90,14 @@ def adam_slots(optimizer: keras.optimizers.Optimizer, variable) -> tuple:
     """Adam's first and second moment variables (as tf.Variables) for `variable`."""
     index = optimizer._get_variable_index(variable)
     return optimizer._momentums[index].value, optimizer._velocities[index].value
+
+
+def built_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """The variables `optimizer.build` was given (what `apply` updates by default)."""
+    return optimizer._trainable_variables
+
+
+def decays(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether the optimizer's weight decay applies to `variable` (see
+    `exclude_from_weight_decay`)."""
+    return optimizer._use_weight_decay(variable)

@@ -29,12 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from labse_tf import files
+from labse_tf.rundir import MANIFEST_FILE  # a run's, and a prepared corpus's
 
 __all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest",
            "build_manifest", "file_kind", "file_language", "file_table", "parse_examples", "parse_lines",
            "parsed_file", "parsed_files", "read_manifest", "resolve_inputs", "write_manifest"]
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 # Lines parsed per TF call: validation is vectorised over a chunk, not one op per line.

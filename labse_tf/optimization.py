@@ -84,7 +84,7 @@ class _AdamW(keras.optimizers.AdamW):
         sparse = not isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
         grads = [(_sum_duplicates(g) if sparse else tf.convert_to_tensor(g))
                  if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        variables = (self._trainable_variables if trainable_variables is None
+        variables = (compat.built_variables(self) if trainable_variables is None
                      else trainable_variables)
         self._lazy_keys = {compat.variable_key(self, v) for g, v in zip(grads, variables)
                            if self.lazy_embeddings and isinstance(g, tf.IndexedSlices)}
@@ -133,7 +133,7 @@ class _AdamW(keras.optimizers.AdamW):
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         alpha = lr * tf.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
         delta = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
-        if self._use_weight_decay(variable):
+        if compat.decays(self, variable):
             # Rows of a dense read: a sparse read or scatter on the weights themselves would
             # put them in TensorFlow's copy-on-read mode, after which every dense read (the
             # forward pass's) copies the whole table.

@@ -21,13 +21,13 @@ multi-worker training only the chief writes it.
 """
 
 from labse_tf import files
-from labse_tf.corpus import MANIFEST_FILE
 
 __all__ = ["BEST_DIR", "CHECKPOINT_DIR", "CLOCK_FILE", "CONFIG_FILE", "EXPORT_DIR",
            "MANIFEST_FILE", "PRUNE_REPORT_FILE", "SCORE_FILE", "STAGES_DIR", "SUMMARIES_DIR",
            "SUMMARY_FILE", "VOCAB_FILE", "stage_dir", "vocab_path"]
 
 CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.txt"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"

@@ -77,6 +77,20 @@ def test_adam_slots_are_the_moments():
     np.testing.assert_allclose(v.numpy(), np.full([2, 3], 0.001 * 4.0), rtol=1e-6)  # (1 - b2) g²
 
 
+def test_built_variables_are_those_given_to_build():
+    optimizer, variable = _adamw_step()
+    assert [id(v) for v in compat.built_variables(optimizer)] == [id(variable)]
+
+
+def test_decays_follows_exclude_from_weight_decay():
+    kept, excluded = keras.Variable(np.ones([2]), name="kernel"), keras.Variable(
+        np.ones([2]), name="bias")
+    optimizer = keras.optimizers.AdamW(weight_decay=0.01)
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    optimizer.build([kept, excluded])
+    assert compat.decays(optimizer, kept) and not compat.decays(optimizer, excluded)
+
+
 @pytest.mark.parametrize("name", compat.OPTIMIZER_OVERRIDES)
 def test_keras_apply_calls_each_overridden_method(name):
     calls = []
