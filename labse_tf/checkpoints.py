@@ -16,6 +16,7 @@ from labse_tf.rundir import (BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, SCORE_FILE, 
 
 __all__ = ["Saver", "find_checkpoint", "load_run", "write_run", "write_summary"]
 
+
 def write_summary(summary: dict, model_dir: str) -> str:
     """Writes what a command made and measured as MODEL_DIR/summary.json; returns the path."""
     return files.write_json(files.join(model_dir, SUMMARY_FILE), summary)

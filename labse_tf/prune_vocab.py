@@ -39,7 +39,6 @@ __all__ = ["corpus_characters", "corpus_sentences", "count_tokens", "prune", "pr
 FLAGS = flags.FLAGS
 
 
-
 def corpus_sentences(patterns: Sequence[str], keep_langs: Sequence[str] = (),
                      log=print) -> tuple[list, tuple]:
     """Both sides of the pairs in `patterns`, of `keep_langs` only if given.

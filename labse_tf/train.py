@@ -30,6 +30,7 @@ from labse_tf.run_setup import define_run_flags, prepare_run
 
 FLAGS = flags.FLAGS
 
+
 def define_train_flags():
     flags.DEFINE_multi_string("eval_data", None, "Held-out pairs; retrieval accuracy within "
                               "them is evaluated every train.eval_every steps and at the end. "
