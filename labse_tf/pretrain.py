@@ -30,12 +30,12 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from labse_tf import cli, config as config_lib, data, distribute, files, rundir, run_setup
-from labse_tf.rundir import CHECKPOINT_DIR
 from labse_tf.gradients import mlm_gradients
 from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
 from labse_tf.model import INPUT_NAMES, build_encoder, copy_weights, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
+from labse_tf.rundir import CHECKPOINT_DIR
 
 __all__ = ["Stage", "build_masked_lm", "mlm_variables", "plan_stages", "pretrain",
            "stack_layers"]

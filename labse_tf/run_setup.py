@@ -12,8 +12,8 @@ import tensorflow as tf
 from absl import flags
 
 from labse_tf import config as config_lib, corpus, data, distribute, files, rundir, vocab
-from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 from labse_tf.preprocessing import Preprocessor
+from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 
 __all__ = ["DEFAULT_MODEL_DIR", "data_sampling", "define_run_flags", "distributed_batches",
            "pipeline_batches", "prepare_run"]

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import config as config_lib, data, gradients, pretrain, train
-from labse_tf.rundir import CHECKPOINT_DIR
 from labse_tf.losses import masked_lm_loss
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
+from labse_tf.rundir import CHECKPOINT_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny twin shortened to 2 + 2 + 2 steps (1, 2, then 4 layers), a checkpoint every step.
