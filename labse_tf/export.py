@@ -30,7 +30,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from labse_tf import checkpoints, cli, files, rundir
 from labse_tf.model import INPUT_NAMES
-from labse_tf.preprocessing import Preprocessor
+from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = ["ENCODER_OUTPUTS", "HUB_INPUT_NAMES", "MODEL_NAME", "SAVED_MODEL_FILE",
            "SERVING_DIR", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR",
@@ -267,7 +267,10 @@ class ServingModel(tf.Module):
     def serve(self, text):
         """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}; another
         rank is an error naming its shape."""
-        return {SERVING_OUTPUT: self.encoder(self.preprocessor(text), training=False)["default"]}
+        # Cut to the batch's longest sentence, as training and evaluation do: padding costs
+        # encoder time and changes no embedding.
+        (packed,) = trim_padding(self.preprocessor(text), mask="input_mask")
+        return {SERVING_OUTPUT: self.encoder(packed, training=False)["default"]}
 
 
 def next_version(serving_dir: str) -> int:

@@ -48,13 +48,15 @@ def read_vocab(path: str) -> list[str]:
     return tokens
 
 
-def trim_padding(*packed: dict) -> tuple[dict, ...]:
+def trim_padding(*packed: dict, mask: str = "padding_mask") -> tuple[dict, ...]:
     """Packed batches (`[batch, seq]` tensors) cut to the longest sequence among them.
+
+    `mask` names the padding mask (`input_mask` under the TF Hub names).
 
     The padding cut away changes no embedding (it is masked out), and the encoder does no
     work on it. XLA, which compiles per shape, wants the static length instead.
     """
-    longest = tf.reduce_max([tf.reduce_max(tf.reduce_sum(p["padding_mask"], 1)) for p in packed])
+    longest = tf.reduce_max([tf.reduce_max(tf.reduce_sum(p[mask], 1)) for p in packed])
     return tuple({k: v[:, :longest] for k, v in p.items()} for p in packed)
 
 

@@ -606,6 +606,27 @@ def test_next_version(tmp_path):
     assert export.next_version(str(tmp_path)) == 4
 
 
+class _Lengths(tf.Module):
+    """An encoder stand-in that returns the packed length it was given, for every row."""
+
+    def __call__(self, inputs, training):
+        shape = tf.shape(inputs["input_word_ids"])
+        return {"default": tf.cast(tf.fill([shape[0], 1], shape[1]), tf.float32)}
+
+
+@pytest.mark.slow
+def test_serving_model_cuts_padding_to_the_longest_sentence(reference):
+    preprocessor, _ = reference
+    hub_preprocessor = export.HubPreprocessor(preprocessor, SEQ_LENGTH, MAX_SEQ_LENGTH)
+    serving = export.ServingModel(hub_preprocessor, _Lengths())
+    for text in (["Hi.", "", "Wie geht es dir heute, mein Freund?"], ["a"], [""]):
+        longest = preprocessor(tf.constant(text))["padding_mask"].numpy().sum(1).max()
+        assert longest < SEQ_LENGTH
+        lengths = serving.serve(tf.constant(text))[export.SERVING_OUTPUT].numpy()[:, 0]
+        assert lengths.tolist() == [longest] * len(text), text
+    assert serving.serve(tf.constant([], tf.string))[export.SERVING_OUTPUT].shape == (0, 1)
+
+
 @pytest.mark.slow
 def test_export_model_refuses_bad_arguments(reference, tmp_path):
     preprocessor, encoder = reference
