@@ -14,6 +14,10 @@ that git revision (checked out in a temporary worktree) for the side-by-side fig
 `--mode=input` measures, on real data and the `--config` recipe, the tokenized pairs/s
 the input pipeline delivers with no model, and the pairs/s of a short training run of
 the same config, in one run: their ratio says whether input is the bottleneck.
+
+`--mode=repeats` counts, in the `--config` recipe's batches of real data, the sentences
+that come more than once in a batch (each copy a false negative of the ranking loss), against
+the same count for pairs drawn independently with the same language proportions.
 """
 
 import gzip
@@ -31,7 +35,7 @@ from absl import app, flags
 from bench import _common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "scaling", ["scaling", "input"], "What to measure.")
+flags.DEFINE_enum("mode", "scaling", ["scaling", "input", "repeats"], "What to measure.")
 flags.DEFINE_list("sizes", ["1000000", "10000000", "30000000"], "Corpus sizes in pairs.")
 flags.DEFINE_integer("languages", 100, "Languages of the synthetic corpora.")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "labse_data_scaling"),
@@ -43,7 +47,7 @@ flags.DEFINE_string("vocab_file", "", "Vocabulary for --mode=input; default one 
                     "bench/budget_recipe.sh learns it (~2 minutes).")
 flags.DEFINE_string("data", "../shared/data/train", "Real data for --mode=input.")
 flags.DEFINE_string("config", "budget_30min", "Config for --mode=input.")
-flags.DEFINE_integer("batches", 60, "Batches timed in --mode=input.")
+flags.DEFINE_integer("batches", 60, "Batches timed in --mode=input, counted in --mode=repeats.")
 flags.DEFINE_string("output", "", "Results JSON; default bench/results/data_scaling[_input].json.")
 
 _WORDS = [f"w{i:04d}" for i in range(2000)]  # one width, so lines are built as byte arrays
@@ -204,11 +208,46 @@ def input_throughput() -> dict:
             "input_over_step": round(pipeline / step, 2), "tf": tf.__version__}
 
 
+def _repeats(batch: dict) -> dict:
+    """Sentences of a batch that are copies of another in the same column."""
+    return {side: len(batch[side]) - len(set(batch[side])) for side in ("src", "tgt")}
+
+
+def batch_repeats() -> dict:
+    from labse_tf import config as config_lib, data, run_setup
+
+    cfg = config_lib.load_config(FLAGS.config)
+    pattern = os.path.join(FLAGS.data, "*.tsv.gz")
+    manifest = data.load_manifest([pattern], log=_common.log)
+    batch = cfg.train.global_batch_size
+    stream = data.pair_strings(manifest, batch_size=batch, sampling=run_setup.data_sampling(cfg))
+    streamed = [_repeats(b) for b in stream.take(FLAGS.batches).as_numpy_iterator()]
+    pairs, _ = data.read_pairs([pattern], log=_common.log)
+    langs, src, tgt = pairs.flat()
+    counts = pairs.counts()
+    weight = data.language_weights(list(counts.values()), cfg.data.alpha)
+    per_pair = dict(zip(counts, weight / np.array(list(counts.values()))))
+    p = np.array([per_pair[lang] for lang in langs])
+    rng = np.random.default_rng(0)
+    src, tgt = np.array(src, object), np.array(tgt, object)
+    drawn = [rng.choice(len(p), batch, p=p / p.sum()) for _ in range(FLAGS.batches)]
+    independent = [_repeats({"src": src[i], "tgt": tgt[i]}) for i in drawn]
+    result = {"config": FLAGS.config, "batch": batch, "batches": FLAGS.batches}
+    for name, runs in (("streamed", streamed), ("independent", independent)):
+        for side in ("src", "tgt"):
+            result[f"{name}_{side}_repeats_per_batch"] = round(
+                float(np.mean([r[side] for r in runs])), 2)
+    _common.log(str(result))
+    return result
+
+
 def main(argv):
     del argv
     machine = _common.announce_machine()
-    results = scaling() if FLAGS.mode == "scaling" else input_throughput()
-    name = "data_scaling" if FLAGS.mode == "scaling" else "data_scaling_input"
+    modes = {"scaling": (scaling, "data_scaling"), "input": (input_throughput, "data_scaling_input"),
+             "repeats": (batch_repeats, "data_scaling_repeats")}
+    measure, name = modes[FLAGS.mode]
+    results = measure()
     _common.write_results({"machine": machine, **results}, FLAGS.output or _common.default_output(name))
 
 

@@ -1,16 +1,6 @@
-"""The layout of a run directory, and loading a trained encoder back from it.
+"""A run's checkpoints, and loading a trained encoder back from its run directory.
 
-    MODEL_DIR/config.yaml      resolved config, written before step 0
-    MODEL_DIR/manifest.json    the corpus manifest: files, pairs per file and language
-    MODEL_DIR/vocab.txt        the vocabulary the run tokenized with
-    MODEL_DIR/checkpoints/     tf.train.CheckpointManager checkpoints (ckpt-<step>)
-    MODEL_DIR/best/            the checkpoint with the best evaluation score, if evaluated,
-                               and its score.json
-    MODEL_DIR/clock.json       with a time budget: loop seconds spent and the decay end
-    MODEL_DIR/summaries/       TensorBoard event files
-    MODEL_DIR/summary.json     what the run made and measured, written at the end
-
-MODEL_DIR may be any URL `tf.io.gfile` reaches (gs://...); only the chief writes it.
+The directory's layout (every file name in it) is rundir.py's.
 """
 
 import tempfile
@@ -19,25 +9,12 @@ import keras
 import tensorflow as tf
 
 from labse_tf import config as config_lib, files
-from labse_tf.corpus import MANIFEST_FILE
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
+from labse_tf.rundir import (BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, SCORE_FILE, SUMMARY_FILE,
+                             vocab_path)
 
-__all__ = ["BEST_DIR", "CHECKPOINT_DIR", "CLOCK_FILE", "CONFIG_FILE", "MANIFEST_FILE",
-           "SCORE_FILE", "SUMMARIES_DIR", "SUMMARY_FILE", "Saver", "find_checkpoint", "load_run",
-           "vocab_path", "write_run", "write_summary"]
-
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-SCORE_FILE = "score.json"  # in BEST_DIR: the step and score of the best checkpoint
-CLOCK_FILE = "clock.json"  # loop seconds spent and decay end, for a time budget
-SUMMARIES_DIR = "summaries"
-SUMMARY_FILE = "summary.json"
-
-
-def vocab_path(model_dir: str) -> str:
-    return files.join(model_dir, "vocab.txt")
+__all__ = ["Saver", "find_checkpoint", "load_run", "write_run", "write_summary"]
 
 
 def write_summary(summary: dict, model_dir: str) -> str:
@@ -119,7 +96,7 @@ def load_run(model_dir: str, checkpoint: str = "", seq_length: int | None = None
     """
     config_file = files.join(model_dir, CONFIG_FILE)
     if not files.exists(config_file):
-        raise FileNotFoundError(f"{model_dir}: no config.yaml (not a labse_tf run directory)")
+        raise FileNotFoundError(f"{model_dir}: no {CONFIG_FILE} (not a labse_tf run directory)")
     cfg = config_lib.load_config(config_file)
     path = find_checkpoint(model_dir, checkpoint)
     preprocessor = Preprocessor(vocab_path(model_dir), lowercase=cfg.data.lowercase,

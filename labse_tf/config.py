@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from labse_tf import files
+from labse_tf.rundir import CONFIG_FILE
 
 __all__ = [
     "Config",
@@ -341,5 +342,5 @@ def to_dict(cfg: Config) -> dict:
 
 def write_config(cfg: Config, directory: str) -> str:
     """Writes the resolved config as `config.yaml` in `directory`; returns the path."""
-    return files.write_text(files.join(directory, "config.yaml"),
+    return files.write_text(files.join(directory, CONFIG_FILE),
                             yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

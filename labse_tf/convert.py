@@ -36,7 +36,6 @@ import json
 import math
 import re
 import struct
-import sys
 from typing import Callable
 
 import h5py
@@ -45,8 +44,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from labse_tf import checkpoints, config as config_lib, files
-from labse_tf.model import build_encoder
+from labse_tf import checkpoints, cli, config as config_lib, files, rundir
+from labse_tf.model import build_encoder, copy_weights
 from labse_tf.preprocessing import SPECIAL_TOKENS, read_vocab
 
 __all__ = ["SOURCES", "ConversionError", "Source", "Tensor", "convert", "map_weights",
@@ -541,8 +540,7 @@ def convert(kind: str, path: str, output: str, *, vocab: str | None = None,
                  "seq_length": min(seq_length, source.model["max_sequence_length"])}})
     encoder = build_encoder(cfg.model, len(source.vocab))
     plan = map_weights(source, {w.path: tuple(w.shape) for w in encoder.weights})
-    for weight in encoder.weights:
-        weight.assign(plan[weight.path]())
+    copy_weights(encoder, lambda path: plan[path](), what=f"converting {source.description}")
     checkpoint = checkpoints.write_run(cfg, source.vocab, encoder, output)
     m = cfg.model
     log(f"converted {source.description}")
@@ -555,8 +553,8 @@ def convert(kind: str, path: str, output: str, *, vocab: str | None = None,
         log(f"  skipped (outside the encoder): {_listing(source.ignored)}")
     for note in notes:
         log(f"  note: {note}")
-    log(f"wrote {output} (config.yaml, vocab.txt, "
-        f"{checkpoints.CHECKPOINT_DIR}/{files.basename(checkpoint)})")
+    log(f"wrote {output} ({rundir.CONFIG_FILE}, {rundir.VOCAB_FILE}, "
+        f"{rundir.CHECKPOINT_DIR}/{files.basename(checkpoint)})")
     return {"checkpoint": checkpoint, "config": dataclasses.asdict(m), "lowercase": lowercase,
             "parameters": encoder.count_params(), "notes": notes, "ignored": source.ignored}
 
@@ -583,14 +581,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    try:
+    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
+    with cli.exit_on(ValueError, OSError, tf.errors.OpError):
         convert(FLAGS["from"].value, FLAGS.source, FLAGS.output, vocab=FLAGS.vocab,
                 lowercase=FLAGS.lowercase, seq_length=FLAGS.seq_length,
-                log=lambda msg: print(msg, flush=True))
-    # ConversionError, ConfigError, a bad vocabulary, ...; OpError: gs:// and the like.
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+                log=cli.log)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,16 @@ import numpy as np
 import tensorflow as tf
 
 from labse_tf import files
+from labse_tf.rundir import MANIFEST_FILE  # a run's, and a prepared corpus's
 
 __all__ = ["DataError", "FileEntry", "MANIFEST_FILE", "MANIFEST_VERSION", "Manifest",
            "Preparation", "build_manifest", "example_bytes", "file_kind", "file_language",
            "file_table", "parse_examples", "parse_lines", "parsed_file", "parsed_files",
            "read_manifest", "resolve_inputs", "unreadable", "write_manifest"]
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
-# Lines parsed per TF call: vectorised validation is ~100x faster than one op per line.
+# Lines parsed per TF call: validation is vectorised over a chunk, not one op per line.
 PARSE_BATCH = 4096
 # Python's str.strip() whitespace in RE2 syntax: ASCII space, \x0b-\x0d, \x1c-\x1f, \x85,
 # and Unicode separators (NBSP, U+2000..U+200A, U+3000, ...).

@@ -14,10 +14,15 @@ of workers, with no iterator state in the checkpoint:
   smoothing), from stateless uniforms keyed on (seed, chunk of steps), so the number
   of pairs each language gave before step s is recomputed on resume in chunks;
 - each language is an endless sequence of epochs; an epoch visits that pipeline's files
-  of the language in an order drawn per epoch, and shuffles its pairs within windows of
-  `window` pairs (a permutation drawn per window). The k-th pair a language gives is
-  thus addressable: resuming skips whole files by their manifest counts, then at most
-  one file's pairs, never the corpus. Every pair of a language comes once per epoch, of
+  of the language in an order drawn per epoch, from a starting pair drawn per epoch
+  (wrapping round), and shuffles its pairs within windows of `window` pairs (a
+  permutation drawn per window). The random start matters for multi-way parallel
+  corpora, whose files list the same English sentences in about the same order in
+  every language: read from the same place, every language's window would hold the
+  same sentences, and a batch would hold many copies of one English sentence, each a
+  false negative for the others (measured: bench/README.md section 8). The k-th pair a
+  language gives is thus addressable: resuming skips whole files by their manifest
+  counts, then at most one file's pairs, never the corpus. Every pair of a language comes once per epoch, of
   any size (int64 throughout).
 Memory is a window per language plus the prefetched batches, whatever the corpus size.
 """
@@ -57,6 +62,10 @@ __all__ = [
 
 # Lines parsed per call in a training stream (one stream per language is open at a time).
 STREAM_PARSE_BATCH = 256
+# An epoch of a language starts at a random pair among its first ROTATION_WINDOWS shuffle
+# windows (see the module doc); bounded, so starting an epoch reads at most that many
+# windows' pairs before its first one.
+ROTATION_WINDOWS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,23 +213,38 @@ def _permutation(n, seed) -> tf.Tensor:
     return tf.argsort(tf.random.stateless_uniform(tf.reshape(n, [1]), seed=seed))
 
 
-def epoch_reads(counts: tf.Tensor, offset: tf.Tensor, window) -> tuple[tf.Tensor, tf.Tensor]:
-    """Where an epoch resumed at pair `offset` starts reading (int64 throughout).
+def epoch_reads(counts: tf.Tensor, offset: tf.Tensor, window,
+                rotation=0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Where an epoch resumed at pair `offset` reads (int64 throughout).
+
+    The epoch reads the files' pairs in this order from pair `rotation` on, wrapping
+    round to the first: two spans of the concatenated files, [rotation + begin, total)
+    then [rotation + begin - total, rotation) clipped at 0, where `begin` is the window
+    boundary at or before `offset`, so its shuffle is the one the uninterrupted stream had.
 
     Args:
       counts: int64 `[files]`. Pairs per file, in this epoch's file order.
       offset: int64 scalar. Pairs of the epoch already consumed.
       window: int64 scalar. The shuffle window.
+      rotation: int64 scalar in [0, total). The epoch's first pair.
 
     Returns:
-      (skip `[files]`: pairs to skip at the start of each file (== its count: not opened),
-      drop: pairs to drop after shuffling the first window read). Reading restarts at the
-      window boundary at or before `offset`, so its shuffle is the one the uninterrupted
-      stream had.
+      (skip, take): int64 `[2 * files]`, pairs to skip and then take in each file, for the
+      first span's files then the second's (take 0: not opened); drop: pairs to drop
+      after shuffling the first window read.
     """
-    begin = offset // window * window
-    skip = tf.clip_by_value(begin - tf.cumsum(counts, exclusive=True), 0, counts)
-    return skip, offset - begin
+    counts = tf.convert_to_tensor(counts, tf.int64)
+    total, begin = tf.reduce_sum(counts), offset // window * window
+    starts = tf.cumsum(counts, exclusive=True)
+
+    def span(lo, hi):
+        skip = tf.clip_by_value(lo - starts, 0, counts)
+        return skip, tf.clip_by_value(hi - starts, 0, counts) - skip
+
+    first = tf.minimum(rotation + begin, total)
+    skip1, take1 = span(first, total)
+    skip2, take2 = span(tf.maximum(rotation + begin - total, 0), rotation)
+    return tf.concat([skip1, skip2], 0), tf.concat([take1, take2], 0), offset - begin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,11 +320,16 @@ def _language_stream(table: _ShardTable, lang, key, start, window) -> tf.data.Da
         order = _permutation(hi - lo, epoch_key)
         ordered = tf.gather(counts, order)
         resume = tf.where(tf.equal(epoch, first_epoch), first_offset, tf.constant(0, tf.int64))
-        skip, drop = epoch_reads(ordered, resume, window)
-        read = skip < ordered
-        files = tuple(tf.boolean_mask(tf.gather(x, order), read) for x in (paths, kinds, defaults))
-        pairs = tf.data.Dataset.from_tensor_slices((*files, tf.boolean_mask(skip, read))).flat_map(
-            lambda p, k, d, s: _file_pairs(p, k, d, name, stride, offset).skip(s))
+        rotation = tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(epoch_key, -1),
+            maxval=tf.minimum(total, ROTATION_WINDOWS * window), dtype=tf.int64)
+        skip, take, drop = epoch_reads(ordered, resume, window, rotation)
+        read = take > 0
+        files = tuple(tf.boolean_mask(tf.tile(tf.gather(x, order), [2]), read)
+                      for x in (paths, kinds, defaults))
+        pairs = tf.data.Dataset.from_tensor_slices(
+            (*files, tf.boolean_mask(skip, read), tf.boolean_mask(take, read))).flat_map(
+            lambda p, k, d, s, t: _file_pairs(p, k, d, name, stride, offset).skip(s).take(t))
 
         def shuffle(index, batch):
             perm = _permutation(tf.size(batch["src"]),
@@ -363,6 +392,11 @@ def _first_chunk(rates: np.ndarray, phases: np.ndarray, rounds: int, groups: int
     return lo
 
 
+def _pipeline_key(sampling: Sampling, pipeline: int) -> tf.Tensor:
+    """The stateless-random key of one input pipeline's streams (its draws, its masks)."""
+    return tf.constant([sampling.seed, pipeline], tf.int64)
+
+
 def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
                  start_step: int = 0, num_pipelines: int = 1,
                  pipeline: int = 0) -> tf.data.Dataset:
@@ -385,7 +419,7 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
     shards = language_shards(manifest, num_pipelines, pipeline)
     table = _ShardTable.build([shards[lang] for lang in manifest.langs])
     rates = mixing_rates(list(manifest.counts().values()), sampling.alpha)
-    key = tf.constant([sampling.seed, pipeline], tf.int64)
+    key = _pipeline_key(sampling, pipeline)
     fold = tf.random.experimental.stateless_fold_in
     phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, -1), dtype=tf.float64).numpy()
     rounds = chunk_rounds(rates, group, sampling.chunk)
@@ -538,7 +572,7 @@ def masked_lm_dataset(manifest: Manifest, preprocessor: Preprocessor, *, batch_s
         mask_token_rate=m.mask_token_rate, random_token_rate=m.random_token_rate)
     strings = pair_strings(manifest, batch_size=batch_size, sampling=sampling,
                            start_step=start_step, num_pipelines=num_pipelines, pipeline=pipeline)
-    seed = tf.constant([sampling.seed, pipeline], tf.int64)
+    seed = _pipeline_key(sampling, pipeline)
 
     # Straight-line TF ops: AutoGraph would only slow the tracing (by seconds).
     @tf.autograph.experimental.do_not_convert

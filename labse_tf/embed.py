@@ -20,7 +20,7 @@ from typing import Callable, TextIO
 import numpy as np
 from absl import app, flags, logging
 
-from labse_tf import embeddings, evaluate, files
+from labse_tf import cli, embeddings, evaluate, files
 
 FLAGS = flags.FLAGS
 
@@ -143,25 +143,21 @@ def _define_flags():
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
-    try:
+    with cli.exit_on(FileNotFoundError, ValueError):
         files.expand([FLAGS.input])
-        embedder, model = evaluate.embed_fn_from_flags(log)
+        embedder, model = evaluate.embed_fn_from_flags(cli.log)
         writer = embeddings.ShardWriter.open(
             FLAGS.output_dir, source=FLAGS.input, model=files.absolute(model),
             dim=embedder.dim, dtype=FLAGS.dtype, shard_size=FLAGS.shard_size)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     if writer.meta["complete"]:
-        log(f"{FLAGS.output_dir}: already complete ({writer.meta['rows']:,} rows)")
+        cli.log(f"{FLAGS.output_dir}: already complete ({writer.meta['rows']:,} rows)")
         return
-    log(f"counting the lines of {FLAGS.input}")
+    cli.log(f"counting the lines of {FLAGS.input}")
     progress = ProgressBar(count_rows(FLAGS.input), writer.meta["rows"])
-    result = embed_file(embedder, writer, log=log, progress=progress)
+    result = embed_file(embedder, writer, log=cli.log, progress=progress)
     progress.close()
-    log(f"{result.rows:,} embeddings of dimension {result.dim} ({result.dtype}) in "
-        f"{len(result.shards)} shards: {files.absolute(FLAGS.output_dir)}")
+    cli.log(f"{result.rows:,} embeddings of dimension {result.dim} ({result.dtype}) in "
+            f"{len(result.shards)} shards: {files.absolute(FLAGS.output_dir)}")
 
 
 if __name__ == "__main__":

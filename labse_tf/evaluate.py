@@ -16,18 +16,18 @@ own sequence length. Every embedding function batches sentences of similar lengt
 sets, approximately for millions of candidates (`--index`).
 """
 
-import sys
 import time
 from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the ops an exported preprocessor runs)
 from absl import app, flags, logging
 
-from labse_tf import baselines, checkpoints, export, files, index, mining
+from labse_tf import baselines, checkpoints, cli, export, files, index, mining
 from labse_tf.model import INPUT_NAMES, embed
+# Importing preprocessing imports tensorflow_text, which registers the ops an exported
+# preprocessor runs (hub.load needs them).
 from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = ["EmbedFn", "Embedder", "embed_fn_from_export", "embed_fn_from_run",
@@ -110,13 +110,13 @@ def serving_version_dir(path: str) -> str:
     Exports keep TF Serving versions as EXPORT_DIR/serving/<integer>/; the highest version is
     the one TF Serving would serve, so it is the one chosen.
     """
-    if files.exists(files.join(path, "saved_model.pb")):
+    if files.exists(files.join(path, export.SAVED_MODEL_FILE)):
         return path
-    parent = files.join(path, "serving")
+    parent = files.join(path, export.SERVING_DIR)
     parent = parent if files.isdir(parent) else path
     names = files.listdir(parent) if files.isdir(parent) else []
     versions = [int(n) for n in names if n.isdigit()
-                and files.exists(files.join(parent, n, "saved_model.pb"))]
+                and files.exists(files.join(parent, n, export.SAVED_MODEL_FILE))]
     if not versions:
         raise FileNotFoundError(
             f"{path}: not an export (expected EXPORT_DIR/serving/<version>/saved_model.pb, a "
@@ -336,21 +336,17 @@ def _define_flags():
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
-    try:
+    with cli.exit_on(FileNotFoundError, ValueError):
         tatoeba = read_tatoeba(FLAGS.tatoeba_dir, FLAGS.langs)
         embed_fn, source = embed_fn_from_flags(
-            log, [s for pair in tatoeba.values() for side in pair for s in side])
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            cli.log, [s for pair in tatoeba.values() for side in pair for s in side])
     results = {"model": source, "tatoeba_dir": files.absolute(FLAGS.tatoeba_dir),
                "margin": FLAGS.margin, "k": FLAGS.k, "index": FLAGS.index,
                **evaluate_tatoeba(embed_fn, tatoeba, margin=FLAGS.margin, k=FLAGS.k,
-                                  index_options=index.options_from_flags(), log=log)}
+                                  index_options=index.options_from_flags(), log=cli.log)}
     files.write_json(FLAGS.output, results)
-    log(format_table(results))
-    log(f"results: {files.absolute(FLAGS.output)}")
+    cli.log(format_table(results))
+    cli.log(f"results: {files.absolute(FLAGS.output)}")
 
 
 if __name__ == "__main__":

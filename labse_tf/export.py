@@ -23,19 +23,18 @@ This file is the only place the TF Hub input names appear; the package uses kera
 Export rebuilds nothing from the training code: the run's config and checkpoint suffice.
 """
 
-import sys
-
 import keras
 import tensorflow as tf
 from absl import app, flags
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from labse_tf import checkpoints, files
+from labse_tf import checkpoints, cli, files, rundir
 from labse_tf.model import INPUT_NAMES
-from labse_tf.preprocessing import Preprocessor
+from labse_tf.preprocessing import Preprocessor, trim_padding
 
 __all__ = ["ENCODER_OUTPUTS", "HUB_INPUT_NAMES", "MODEL_NAME", "SAVED_MODEL_FILE",
-           "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR", "WARMUP_FILE",
+           "SERVING_DIR", "SERVING_INPUT", "SERVING_OUTPUT", "SIGNATURE_KEY", "STAGING_DIR",
+           "WARMUP_FILE",
            "HubEncoder", "HubPreprocessor", "ServingModel", "export_model", "next_version"]
 
 FLAGS = flags.FLAGS
@@ -58,6 +57,8 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 SAVED_MODEL_FILE = "saved_model.pb"
 # Under EXPORT_DIR: where the models are written before they are published.
 STAGING_DIR = ".staging"
+# Under EXPORT_DIR: the TF Serving model, one <version>/ SavedModel each.
+SERVING_DIR = "serving"
 # Warm-up batches of size 1 and 4: short, empty and long inputs, several scripts.
 _WARMUP_BATCHES = (
     ("Hello world.",),
@@ -266,7 +267,10 @@ class ServingModel(tf.Module):
     def serve(self, text):
         """`[batch]` strings → {embeddings: float32 `[batch, dim]`, L2-normalised}; another
         rank is an error naming its shape."""
-        return {SERVING_OUTPUT: self.encoder(self.preprocessor(text), training=False)["default"]}
+        # Cut to the batch's longest sentence, as training and evaluation do: padding costs
+        # encoder time and changes no embedding.
+        (packed,) = trim_padding(self.preprocessor(text), mask="input_mask")
+        return {SERVING_OUTPUT: self.encoder(packed, training=False)["default"]}
 
 
 def next_version(serving_dir: str) -> int:
@@ -352,7 +356,7 @@ def export_model(preprocessor: Preprocessor, encoder: keras.Model, export_dir: s
     if not 3 <= seq_length <= max_length:
         raise ValueError(f"seq_length must be in [3, {max_length}] (the encoder's "
                          f"max_sequence_length), got {seq_length}")
-    serving_dir = files.join(export_dir, "serving")
+    serving_dir = files.join(export_dir, SERVING_DIR)
     version = next_version(serving_dir) if version is None else version
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
@@ -398,15 +402,13 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
+    # OpError: gs:// and the like
+    with cli.exit_on(OSError, ValueError, tf.errors.OpError):
         _, preprocessor, encoder, checkpoint = checkpoints.load_run(
             FLAGS.model_dir, FLAGS.checkpoint, seq_length=FLAGS.seq_length or None)
         paths = export_model(preprocessor, encoder,
-                             FLAGS.export_dir or files.join(FLAGS.model_dir, "export"),
+                             FLAGS.export_dir or files.join(FLAGS.model_dir, rundir.EXPORT_DIR),
                              seq_length=preprocessor.seq_length, version=FLAGS.version or None)
-    except (OSError, ValueError, tf.errors.OpError) as e:  # OpError: gs:// and the like
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(f"exported {checkpoint} (seq_length {preprocessor.seq_length}):")
     for kind, path in paths.items():
         print(f"  {kind}: {path}")

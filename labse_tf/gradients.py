@@ -1,6 +1,8 @@
-"""Per-replica gradients of the global-batch translation ranking loss.
+"""Per-replica gradients of a global-batch loss: the ranking loss and the masked-LM loss.
 
-Two ways to the same numbers:
+Each replica differentiates its share of the global-batch loss (loss-scaled under fp16),
+and the gradients are summed over replicas here, so every replica applies the gradient of
+the global batch. For the ranking loss, two ways to the same numbers:
 - direct: embed the local batch with the tape on, gather, loss, backprop;
 - gradient caching (Gao et al. 2021), `chunk_size > 0`: embed the local batch in chunks
   without keeping activations, take the loss gradient with respect to the embeddings,
@@ -17,9 +19,9 @@ import tensorflow as tf
 
 from labse_tf.config import LossConfig
 from labse_tf.distribute import gather_global_batch
-from labse_tf.losses import translation_ranking_loss
+from labse_tf.losses import masked_lm_loss, translation_ranking_loss
 
-__all__ = ["compute_gradients", "seed_generators"]
+__all__ = ["compute_gradients", "mlm_gradients"]
 
 Forward = Callable[[dict], tf.Tensor]  # packed inputs → embeddings [batch, dim]
 
@@ -41,14 +43,6 @@ def _both_sides(batch: dict) -> dict:
     return {k: tf.concat([batch["src"][k], batch["tgt"][k]], 0) for k in batch["src"]}
 
 
-def seed_generators(model: keras.Model) -> list:
-    """Every SeedGenerator (dropout randomness) inside `model`."""
-    found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        found += [g for g in getattr(layer, "_seed_generators", []) if g not in found]
-    return found
-
-
 def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: LossConfig, *,
                       optimizer=None, chunk_size: int = 0,
                       generators: Sequence = ()) -> tuple[list, dict]:
@@ -63,28 +57,25 @@ def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: L
       chunk_size: int. 0 = direct; else gradient caching with chunks of this many
         sentences (it must divide the local batch: the 2 x batch sentences of both sides
         make 2 x batch / chunk_size chunks).
-      generators: SeedGenerators of the model's dropout, replayed for the second pass.
+      generators: SeedGenerators of the model's dropout (compat.seed_generators),
+        replayed for the second pass.
 
     Returns:
       (gradients, metrics): gradients identical on every replica; metrics are this
       replica's loss and in-batch accuracies.
     """
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx else 1
-    scale_loss = getattr(optimizer, "scale_loss", None) if isinstance(
-        optimizer, keras.optimizers.LossScaleOptimizer) else None
+    replicas = _replicas()
     local = tf.shape(batch["src"]["token_ids"])[0]
 
     def objective(embeddings):
         loss, metrics = _loss(embeddings[:local], embeddings[local:], cfg)
         # Each replica holds 1/replicas of the mean; the all-reduce below sums them.
-        scaled = loss / replicas
-        return (scale_loss(scaled) if scale_loss else scaled), loss, metrics
+        return _for_tape(loss / replicas, optimizer), loss, metrics
 
     if chunk_size <= 0:
         with tf.GradientTape() as tape:
             # One encoder call per side: two independent passes that a CPU runs side by
-            # side (1.3x the pairs/s of one call on both sides: bench/README.md section 1).
+            # side (bench/README.md section 1, "Each side its own encoder call").
             embeddings = tf.concat([forward(batch["src"]), forward(batch["tgt"])], 0)
             total, loss, metrics = objective(embeddings)
         grads = tape.gradient(total, variables)
@@ -92,9 +83,52 @@ def compute_gradients(forward: Forward, variables: Sequence, batch: dict, cfg: L
         grads, loss, metrics = _cached_gradients(
             forward, variables, _both_sides(batch), objective,
             batch["src"]["token_ids"].shape[0], chunk_size, generators)
-    if ctx is not None and replicas > 1:
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    return grads, {"loss": loss, **metrics}
+    return _sum_over_replicas(grads), {"loss": loss, **metrics}
+
+
+def mlm_gradients(forward: Callable[[dict], tf.Tensor], variables: Sequence, batch: dict, *,
+                  optimizer=None) -> tuple[list, dict]:
+    """Gradients of the masked-LM loss over the global batch, summed over replicas.
+
+    Each replica weights its mean loss by its share of the global predictions, so the
+    summed gradients are those of one weighted mean over every replica's predictions.
+
+    Args:
+      forward: callable. The batch → logits `[batch, predictions, vocab]` (training mode).
+      variables: the trainable variables.
+      batch: dict. This replica's examples from data.masked_lm_dataset.
+      optimizer: optional; a LossScaleOptimizer scales the loss (fp16).
+
+    Returns:
+      (gradients, metrics): gradients identical on every replica; metrics are this
+      replica's masked-LM loss and accuracy.
+    """
+    local = tf.reduce_sum(batch["mask_weights"])
+    total = _sum_over_replicas(local)
+    with tf.GradientTape() as tape:
+        loss, accuracy = masked_lm_loss(forward(batch), batch["mask_ids"], batch["mask_weights"])
+        scaled = _for_tape(loss * tf.math.divide_no_nan(local, total), optimizer)
+    grads = tape.gradient(scaled, variables)
+    return _sum_over_replicas(grads), {"loss": loss, "accuracy": accuracy}
+
+
+def _replicas() -> int:
+    ctx = tf.distribute.get_replica_context()
+    return ctx.num_replicas_in_sync if ctx else 1
+
+
+def _for_tape(share: tf.Tensor, optimizer) -> tf.Tensor:
+    """What a replica differentiates: its share of the loss, scaled under fp16."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.scale_loss(share)
+    return share
+
+
+def _sum_over_replicas(values):
+    """`values` (a tensor or a list of gradients) summed over the replicas in sync."""
+    if _replicas() == 1:
+        return values
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def _cached_gradients(forward, variables, inputs, objective, local_batch, chunk_size,

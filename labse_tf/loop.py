@@ -1,10 +1,13 @@
-"""The outer training loop shared by dual-encoder training and pre-training.
+"""The training loop shared by dual-encoder training and pre-training.
 
-It owns what every run needs besides its step: several steps per tf.function call,
+The step (`make_step`): a loss's global-batch gradients, then one optimizer update. The
+outer loop (`run_loop`, compiled steps by `compile_loop`; `train_loop` both) owns what
+every run needs besides its step: several steps per tf.function call,
 checkpoints every N steps (and resuming from them), TensorBoard summaries, a progress
 line, a stop on a non-finite loss that keeps the last good checkpoint, periodic
 evaluation with a copy of the best checkpoint (checkpoints.Saver), and an optional time
 budget that ends the run and paces the learning-rate decay by the clock (pacing.Pacer).
+Then the run's summary.json (`write_run_summary`).
 """
 
 import dataclasses
@@ -15,10 +18,11 @@ from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
-from labse_tf import checkpoints, config as config_lib, files
+from labse_tf import checkpoints, config as config_lib, distribute, files, rundir
 from labse_tf.pacing import Pacer
 
-__all__ = ["LoopOptions", "LoopResult", "NonFiniteLossError", "compile_loop", "run_loop"]
+__all__ = ["LoopOptions", "LoopResult", "NonFiniteLossError", "compile_loop", "make_step",
+           "run_loop", "train_loop", "write_run_summary"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,6 +64,34 @@ class LoopResult:
     checkpoint: str
     best_checkpoint: str | None
     seconds: float
+
+
+def make_step(gradients: Callable, forward: Callable, variables: Sequence, optimizer, *,
+              jit_compile: bool = False) -> Callable[[dict], dict]:
+    """The per-replica step: gradients of the global-batch loss, then one update.
+
+    Args:
+      gradients: callable. `(forward, variables, batch)` → (gradients summed over
+        replicas, metrics): gradients.compute_gradients with its loss options bound, or
+        gradients.mlm_gradients.
+      forward: callable. The model in training mode on a batch; XLA-compiled with
+        `jit_compile`.
+      variables: the trainable variables, those `optimizer` was built on.
+      optimizer: keras.optimizers.Optimizer (optimization.build_optimizer).
+      jit_compile: bool. train.jit_compile.
+
+    Returns:
+      A callable batch → metrics, for compile_loop.
+    """
+    if jit_compile:
+        forward = tf.function(forward, jit_compile=True)
+
+    def step(batch):
+        grads, metrics = gradients(forward, variables, batch)
+        optimizer.apply(grads, variables)
+        return metrics
+
+    return step
 
 
 def compile_loop(strategy: tf.distribute.Strategy, step_fn: Callable, metric_names: Sequence[str]):
@@ -115,7 +147,7 @@ def run_loop(loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, model_di
     """
     step, end = checkpoint.step, options.end
     with checkpoints.Saver(checkpoint, model_dir, options.keep_checkpoints, is_chief) as saver:
-        writer = (tf.summary.create_file_writer(files.join(model_dir, checkpoints.SUMMARIES_DIR))
+        writer = (tf.summary.create_file_writer(files.join(model_dir, rundir.SUMMARIES_DIR))
                   if is_chief else tf.summary.create_noop_writer())
         start_step, start_time = int(step.numpy()), time.time()
         pacer = Pacer(model_dir, options.time_budget, start_step, options.total_steps, retarget)
@@ -162,6 +194,27 @@ def run_loop(loop, iterator: Iterator, checkpoint: tf.train.Checkpoint, model_di
                           checkpoint=saver.latest.latest_checkpoint,
                           best_checkpoint=saver.best.latest_checkpoint,
                           seconds=time.time() - start_time)
+
+
+def train_loop(strategy: tf.distribute.Strategy, step_fn: Callable, metric_names: Sequence[str],
+               iterator: Iterator, checkpoint: tf.train.Checkpoint, model_dir: str,
+               options: LoopOptions, optimizer, **kwargs) -> LoopResult:
+    """Compiles `step_fn` (compile_loop) and runs it (run_loop), reporting `optimizer`'s
+    learning rate; only the chief writes `model_dir`. `kwargs` are run_loop's evaluate,
+    retarget and log."""
+    return run_loop(compile_loop(strategy, step_fn, metric_names), iterator, checkpoint,
+                    model_dir, options, learning_rate=lambda: float(optimizer.learning_rate),
+                    is_chief=distribute.is_chief(strategy), **kwargs)
+
+
+def write_run_summary(strategy: tf.distribute.Strategy, model_dir: str, **fields) -> dict:
+    """The run summary: MODEL_DIR, `fields` in order, the replicas; the chief writes it as
+    MODEL_DIR/summary.json. Returns it."""
+    summary = {"model_dir": files.absolute(model_dir), **fields,
+               "replicas": strategy.num_replicas_in_sync}
+    if distribute.is_chief(strategy):
+        checkpoints.write_summary(summary, model_dir)
+    return summary
 
 
 def _steps_to_boundary(now: int, options: LoopOptions, evaluates: bool) -> int:

@@ -21,13 +21,12 @@ recall and F1 of the written pairs, and the threshold that maximises F1.
 """
 
 import dataclasses
-import sys
 from typing import Callable, Iterable
 
 import numpy as np
 from absl import app, flags, logging
 
-from labse_tf import embeddings, evaluate, files, index, mining
+from labse_tf import cli, embeddings, evaluate, files, index, mining
 
 FLAGS = flags.FLAGS
 
@@ -165,11 +164,21 @@ def fetch_lines(path: str, numbers: Iterable[int]) -> dict[int, str]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which candidate pairs are found and kept: as the flags of the same names."""
+
+    k: int = 4
+    strategy: str = "max"
+    threshold: float = 1.06
+    max_pairs: int = 0
+
+
 def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = "",
                tgt_embeddings: str = "",
                embed_fn_for: Callable[[list[str]], evaluate.EmbedFn] | None = None,
-               k: int = 4, strategy: str = "max", threshold: float = 1.06, max_pairs: int = 0,
-               gold_path: str = "", index_options: index.IndexOptions = index.IndexOptions(),
+               selection: Selection = Selection(), gold_path: str = "",
+               index_options: index.IndexOptions = index.IndexOptions(),
                log: Callable[[str], None] = lambda msg: None) -> dict:
     """Mines `src_path` against `tgt_path` into `out`: what the command does.
 
@@ -180,7 +189,8 @@ def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = 
         "" to embed them here.
       embed_fn_for: callable. Given every sentence to embed here (the trigram baseline fits
         its IDF on them), the EmbedFn; needed unless both sides come embedded.
-      k, strategy, threshold, max_pairs, gold_path: as the flags of the same names.
+      selection: Selection. k, strategy, threshold, max_pairs.
+      gold_path: str. As --gold.
       index_options: index.IndexOptions.
       log: progress printer.
 
@@ -209,10 +219,11 @@ def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = 
                          f"dimension {vectors['src'].dim} but the target embeddings "
                          f"({embedded['tgt'] or tgt_path}) have {vectors['tgt'].dim}")
     src, tgt = sides["src"], sides["tgt"]
+    k, threshold, max_pairs = selection.k, selection.threshold, selection.max_pairs
     log(f"searching {k} nearest neighbours both ways ({len(src.lines):,} × "
         f"{len(tgt.lines):,} sentences)")
     x2y, y2x = index.knn_both_ways(vectors["src"], vectors["tgt"], k, index_options, log=log)
-    scores, xs, ys = mining.select(mining.matches(*x2y, *y2x), strategy)
+    scores, xs, ys = mining.select(mining.matches(*x2y, *y2x), selection.strategy)
     kept = np.flatnonzero(scores >= threshold)[:max_pairs or None]
     src_text = fetch_lines(src.path, src.lines[xs[kept]].tolist())
     tgt_text = fetch_lines(tgt.path, tgt.lines[ys[kept]].tolist())
@@ -226,37 +237,40 @@ def mine_files(src_path: str, tgt_path: str, out: str, *, src_embeddings: str = 
         f"{threshold}{limit}: {files.absolute(out)}")
     summary = {"candidates": len(scores), "written": len(kept)}
     if gold is not None:
-        gold_rows = {(src.rows_of[s], tgt.rows_of[t]) for s, t in gold
-                     if s in src.rows_of and t in tgt.rows_of}
-        correct = np.array([pair in gold_rows for pair in zip(xs.tolist(), ys.tolist())], bool)
-        p, r, f1 = mining.precision_recall_f1(int(correct[kept].sum()), len(kept), len(gold))
-        best = mining.best_threshold(scores, correct, len(gold))
-        log(f"gold: {len(gold):,} pairs")
-        log(f"at threshold {threshold:.6f}: precision {p:.4f} recall {r:.4f} F1 {f1:.4f}")
-        log(f"best threshold {best['threshold']:.6f}: precision {best['precision']:.4f} "
-            f"recall {best['recall']:.4f} F1 {best['f1']:.4f}")
-        summary.update(gold=len(gold), best=best,
-                       at_threshold={"precision": p, "recall": r, "f1": f1})
+        summary.update(_score_gold(gold, src, tgt, (scores, xs, ys), kept, threshold, log))
     return summary
+
+
+def _score_gold(gold, src, tgt, candidates, kept, threshold: float, log) -> dict:
+    """Precision, recall and F1 of the kept candidates, and the best threshold, on `gold`."""
+    scores, xs, ys = candidates
+    gold_rows = {(src.rows_of[s], tgt.rows_of[t]) for s, t in gold
+                 if s in src.rows_of and t in tgt.rows_of}
+    correct = np.array([pair in gold_rows for pair in zip(xs.tolist(), ys.tolist())], bool)
+    p, r, f1 = mining.precision_recall_f1(int(correct[kept].sum()), len(kept), len(gold))
+    best = mining.best_threshold(scores, correct, len(gold))
+    log(f"gold: {len(gold):,} pairs")
+    log(f"at threshold {threshold:.6f}: precision {p:.4f} recall {r:.4f} F1 {f1:.4f}")
+    log(f"best threshold {best['threshold']:.6f}: precision {best['precision']:.4f} "
+        f"recall {best['recall']:.4f} F1 {best['f1']:.4f}")
+    return {"gold": len(gold), "best": best,
+            "at_threshold": {"precision": p, "recall": r, "f1": f1}}
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
     has_model = FLAGS.model or FLAGS.model_dir or FLAGS.trigram_baseline
-    try:
+    with cli.exit_on(FileNotFoundError, ValueError):
         mine_files(
             FLAGS.src, FLAGS.tgt, FLAGS.out, src_embeddings=FLAGS.src_embeddings,
             tgt_embeddings=FLAGS.tgt_embeddings,
-            embed_fn_for=(lambda corpus: evaluate.embed_fn_from_flags(log, corpus)[0])
+            embed_fn_for=(lambda corpus: evaluate.embed_fn_from_flags(cli.log, corpus)[0])
             if has_model else None,
-            k=FLAGS.k, strategy=FLAGS.strategy, threshold=FLAGS.threshold,
-            max_pairs=FLAGS.max_pairs, gold_path=FLAGS.gold,
-            index_options=index.options_from_flags(), log=log)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            selection=Selection(k=FLAGS.k, strategy=FLAGS.strategy, threshold=FLAGS.threshold,
+                                max_pairs=FLAGS.max_pairs),
+            gold_path=FLAGS.gold,
+            index_options=index.options_from_flags(), log=cli.log)
 
 
 if __name__ == "__main__":

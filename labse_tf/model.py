@@ -3,14 +3,17 @@
 One encoder serves both sides of the dual encoder. This file builds models; it never trains.
 """
 
+from typing import Callable
+
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from labse_tf import compat
 from labse_tf.config import ModelConfig
 
-__all__ = ["INPUT_NAMES", "build_encoder", "encoder_dtype_policy", "embed"]
+__all__ = ["INPUT_NAMES", "build_encoder", "copy_weights", "encoder_dtype_policy", "embed"]
 
 # keras-hub input names; export.py maps them to the TF Hub names.
 INPUT_NAMES = ("token_ids", "padding_mask", "segment_ids")
@@ -40,9 +43,9 @@ def _project_as_matmul(layer: keras.layers.EinsumDense) -> None:
     """Computes an attention projection as one `[tokens, in] x [in, out]` MatMul.
 
     The product `EinsumDense` computes, by the fastest kernel: Keras 3's TensorFlow einsum
-    makes it a broadcasting BatchMatMul when the sequence length is static (~1.6x slower
-    to train on CPU), and tf.einsum when it is not, whose bfloat16 CPU kernel is ~20x
-    slower than MatMul's (bench/README.md section 1).
+    makes it a broadcasting BatchMatMul when the sequence length is static, and tf.einsum
+    when it is not, whose bfloat16 CPU kernel is slower still than MatMul's (bench/README.md
+    section 1 measures both).
     """
     contracted = _FLAT_EQUATIONS[layer.equation]
 
@@ -57,7 +60,7 @@ def _project_as_matmul(layer: keras.layers.EinsumDense) -> None:
             x = keras.ops.add(x, layer.bias)
         return x if layer.activation is None else layer.activation(x)
 
-    object.__setattr__(layer, "call", call)  # this instance only; Keras tracks no functions
+    compat.replace_call(layer, call)  # this instance only
 
 
 def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") -> keras.Model:
@@ -80,7 +83,7 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") ->
         hidden_dim=cfg.hidden_dim, intermediate_dim=cfg.intermediate_dim,
         dropout=cfg.dropout, max_sequence_length=cfg.max_sequence_length, num_segments=2,
         dtype=encoder_dtype_policy(precision), name="bert")
-    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.sublayers(backbone):
         if isinstance(layer, keras.layers.EinsumDense) and layer.equation in _FLAT_EQUATIONS:
             _project_as_matmul(layer)
     outputs = backbone.output
@@ -102,3 +105,26 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, precision: str = "fp32") ->
 def embed(encoder: keras.Model, inputs: dict, training: bool = False) -> tf.Tensor:
     """Sentence embeddings `[batch, hidden]` (float32, unit norm) for packed inputs."""
     return encoder({k: inputs[k] for k in INPUT_NAMES}, training=training)["embedding"]
+
+
+def copy_weights(target: keras.Model, value_of: Callable[[str], object], *,
+                 rename: Callable[[str], str] | None = None, what: str = "copying") -> None:
+    """Sets every weight of `target` from its source, found by variable path.
+
+    Args:
+      target: keras.Model. The model whose weights are set.
+      value_of: callable. A source path → the value for it (array, tensor or variable), or
+        None when the source has none; called once per weight, so values may load lazily.
+      rename: callable or None. A weight's path → its source's path; default the same.
+      what: str. The copy, for the error message ("stacking a 2-layer model").
+
+    Raises:
+      ValueError: a weight has no source of its shape.
+    """
+    for weight in target.weights:
+        path = rename(weight.path) if rename else weight.path
+        value = value_of(path)
+        if value is None or tuple(value.shape) != tuple(weight.shape):
+            raise ValueError(f"{what}: {weight.path} {tuple(weight.shape)} has no source of "
+                             f"that shape ({path})")
+        weight.assign(value)

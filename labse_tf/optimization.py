@@ -1,9 +1,12 @@
 """AdamW with warm-up and decay, set up for an explicit cross-replica training step, with
 fused dense updates and embedding gradients that are never densified more than once."""
 
+import math
+
 import keras
 import tensorflow as tf
 
+from labse_tf import compat
 from labse_tf.config import OptimizerConfig
 
 __all__ = ["WarmupDecay", "build_optimizer", "retarget_decay"]
@@ -36,7 +39,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         if self.schedule == "linear":
             decayed = 1.0 - progress
         elif self.schedule == "cosine":
-            decayed = 0.5 * (1.0 + tf.cos(3.14159265 * progress))
+            decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             decayed = tf.ones_like(progress)
         return self.peak * tf.where(step < self.warmup_steps, (step + 1) / warmup, decayed)
@@ -49,6 +52,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 class _AdamW(keras.optimizers.AdamW):
     """Keras's AdamW, with the same update computed in fewer passes over memory.
+
+    The methods it overrides are Keras internals (compat.OPTIMIZER_OVERRIDES, checked at
+    import against the pinned Keras).
 
     - Gradients arrive summed over replicas: the training step all-reduces them itself so
       that global-norm clipping and the fp16 finiteness check see the global gradient;
@@ -75,12 +81,12 @@ class _AdamW(keras.optimizers.AdamW):
     def apply(self, grads, trainable_variables=None):
         # A TPU compiles the whole step with XLA, which cannot give tf.unique's
         # data-dependent shape: there, embedding gradients are made dense here, once.
-        sparse = not isinstance(self._distribution_strategy, tf.distribute.TPUStrategy)
+        sparse = not isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
         grads = [(_sum_duplicates(g) if sparse else tf.convert_to_tensor(g))
                  if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        variables = (self._trainable_variables if trainable_variables is None
+        variables = (compat.built_variables(self) if trainable_variables is None
                      else trainable_variables)
-        self._lazy_keys = {self._var_key(v) for g, v in zip(grads, variables)
+        self._lazy_keys = {compat.variable_key(self, v) for g, v in zip(grads, variables)
                            if self.lazy_embeddings and isinstance(g, tf.IndexedSlices)}
         return super().apply(grads, trainable_variables)
 
@@ -90,7 +96,8 @@ class _AdamW(keras.optimizers.AdamW):
         norm = tf.linalg.global_norm([g for g in grads if g is not None])  # rows of slices
         # As Keras: min(1, clip / norm), and NaN (caught by the step) for a non-finite norm.
         scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm)
-        scale += norm - norm
+        non_finite = norm - norm  # 0 for a finite norm, NaN for an infinite or NaN one
+        scale += non_finite
         return [None if g is None
                 else tf.IndexedSlices(g.values * scale, g.indices, g.dense_shape)
                 if isinstance(g, tf.IndexedSlices) else g * scale for g in grads]
@@ -98,18 +105,18 @@ class _AdamW(keras.optimizers.AdamW):
     def _apply_weight_decay(self, variables):
         # Lazily updated rows are decayed in update_step, with their Adam update.
         super()._apply_weight_decay([v for v in variables
-                                     if self._var_key(v) not in self._lazy_keys])
+                                     if compat.variable_key(self, v) not in self._lazy_keys])
 
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index].value, self._velocities[index].value
+        m, v = compat.adam_slots(self, variable)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         lr = tf.cast(learning_rate, dtype)
-        if isinstance(gradient, tf.IndexedSlices) and self._var_key(variable) in self._lazy_keys:
+        if (isinstance(gradient, tf.IndexedSlices)
+                and compat.variable_key(self, variable) in self._lazy_keys):
             return self._lazy_update(gradient, variable, m, v, lr, step)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=m.handle, v=v.handle, beta1_power=beta_1 ** step,
@@ -126,7 +133,7 @@ class _AdamW(keras.optimizers.AdamW):
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         alpha = lr * tf.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
         delta = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
-        if self._use_weight_decay(variable):
+        if compat.decays(self, variable):
             # Rows of a dense read: a sparse read or scatter on the weights themselves would
             # put them in TensorFlow's copy-on-read mode, after which every dense read (the
             # forward pass's) copies the whole table.
@@ -146,7 +153,7 @@ def _sum_duplicates(grad: tf.IndexedSlices) -> tf.IndexedSlices:
 def retarget_decay(optimizer: keras.optimizers.Optimizer, end_step: float) -> None:
     """Moves the end of `optimizer`'s learning-rate decay (from `build_optimizer`) to `end_step`."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under fp16 loss scaling
-    inner._learning_rate.retarget(end_step)
+    compat.learning_rate_schedule(inner).retarget(end_step)
 
 
 def build_optimizer(cfg: OptimizerConfig, *, learning_rate: float, total_steps: int,

@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from labse_tf import files
-from labse_tf.checkpoints import CLOCK_FILE
+from labse_tf.rundir import CLOCK_FILE
 
 __all__ = ["Pacer"]
 

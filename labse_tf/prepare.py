@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 import time
 
 try:
@@ -67,7 +66,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from labse_tf import corpus, files, vocab
+from labse_tf import cli, corpus, files, vocab
 from labse_tf.corpus import DataError, FileEntry, Manifest, Preparation
 from labse_tf.preprocessing import normalize
 
@@ -501,12 +500,9 @@ def main(argv):
                         alpha=FLAGS.alpha, vocab_sentences=FLAGS.vocab_sentences,
                         max_words=FLAGS.max_words, max_unique_chars=FLAGS.max_unique_chars,
                         coverage_sentences=FLAGS.coverage_sentences)
-    try:
+    with cli.exit_on(DataError):
         summary = prepare(FLAGS.input, FLAGS.output, exclude=FLAGS.exclude, cfg=cfg,
                           beam_args=argv[1:], runner=FLAGS.runner)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(f"prepare: {summary['pairs_in']:,} pairs in, {summary['kept']:,} kept; dropped "
           f"{summary['dropped']['duplicates']:,} duplicates, {summary['dropped']['excluded']:,} "
           f"excluded; {summary['malformed_lines']:,} malformed lines "

@@ -6,7 +6,8 @@ TF Hub preprocessor, so training and serving cannot tokenize differently.
 
 import tensorflow as tf
 import tensorflow_text as tf_text
-from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
+
+from labse_tf.compat import BasicTokenizer
 
 __all__ = ["Preprocessor", "SPECIAL_TOKENS", "normalize", "read_vocab", "trim_padding"]
 
@@ -47,15 +48,15 @@ def read_vocab(path: str) -> list[str]:
     return tokens
 
 
-def trim_padding(*packed: dict) -> tuple[dict, ...]:
+def trim_padding(*packed: dict, mask: str = "padding_mask") -> tuple[dict, ...]:
     """Packed batches (`[batch, seq]` tensors) cut to the longest sequence among them.
 
-    The padding cut away changes no embedding (it is masked out), and the cut leaves the
-    sequence length unknown to the graph, which keeps Keras's EinsumDense projections on
-    their fast path: with a static length they become a broadcasting BatchMatMul, ~1.6x
-    slower on CPU (bench/README.md). XLA, which compiles per shape, wants the static one.
+    `mask` names the padding mask (`input_mask` under the TF Hub names).
+
+    The padding cut away changes no embedding (it is masked out), and the encoder does no
+    work on it. XLA, which compiles per shape, wants the static length instead.
     """
-    longest = tf.reduce_max([tf.reduce_max(tf.reduce_sum(p["padding_mask"], 1)) for p in packed])
+    longest = tf.reduce_max([tf.reduce_max(tf.reduce_sum(p[mask], 1)) for p in packed])
     return tuple({k: v[:, :longest] for k, v in p.items()} for p in packed)
 
 
@@ -84,7 +85,7 @@ class Preprocessor(tf.Module):
         self.vocab_file = tf.saved_model.Asset(vocab_file)  # shipped with an export
         # BERT's pre-tokenization (whitespace, punctuation, CJK characters), then
         # tensorflow-text's trie-based wordpiece: the same pieces as its table-based
-        # BertTokenizer, 3-4x faster (training pairs/s 1.28x: bench/README.md section 5).
+        # BertTokenizer, faster (bench/README.md section 5 measures it).
         self._words = BasicTokenizer(lower_case=False)
         self._wordpiece = tf_text.FastWordpieceTokenizer(
             tokens, token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=True)

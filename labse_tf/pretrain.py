@@ -12,7 +12,7 @@ then grow to L layers the same way. One step counter runs through the stages, sp
 `pretrain.stage_steps`; the learning-rate schedule spans the whole run, and each stage
 starts a fresh AdamW (its moments would not fit the new shapes).
 
-The run directory is labse_tf.train's (see checkpoints.py). The final stage checkpoints
+The run directory is labse_tf.train's (see rundir.py). The final stage checkpoints
 into MODEL_DIR/checkpoints — the full-depth encoder under `encoder`, the MLM head under
 `mlm_head` — so `labse_tf.train --init_checkpoint=MODEL_DIR` and `checkpoints.load_run`
 read it like a training run. Earlier stages checkpoint into MODEL_DIR/stages/<k>/. A
@@ -20,30 +20,28 @@ resumed run restores the latest stage that has a checkpoint and goes on from the
 """
 
 import dataclasses
+import functools
 import os
 import re
-import sys
 
 import keras
 import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, files, run_setup
-from labse_tf.checkpoints import CHECKPOINT_DIR
-from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
-from labse_tf.losses import masked_lm_loss
-from labse_tf.model import INPUT_NAMES, build_encoder, encoder_dtype_policy
+from labse_tf import cli, config as config_lib, data, distribute, files, rundir, run_setup
+from labse_tf.gradients import mlm_gradients
+from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
+from labse_tf.model import INPUT_NAMES, build_encoder, copy_weights, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
-# Shared with labse_tf.train rather than copied (its home should be distribute.py).
+from labse_tf.rundir import CHECKPOINT_DIR
 
-__all__ = ["Stage", "build_masked_lm", "mlm_gradients", "mlm_variables", "plan_stages",
-           "pretrain", "stack_layers"]
+__all__ = ["Stage", "build_masked_lm", "mlm_variables", "plan_stages", "pretrain",
+           "stack_layers"]
 
 FLAGS = flags.FLAGS
 
-STAGES_DIR = "stages"
 # Each stage's depth as a fraction of model.num_layers: L/4, L/2, L.
 _DIVISORS = (4, 2, 1)
 _LAYER = re.compile(r"^transformer_layer_(\d+)/")
@@ -83,7 +81,7 @@ def plan_stages(cfg: config_lib.Config, model_dir: str) -> list[Stage]:
                 f"model.num_layers: {layers} does not divide by {divisor}, which stage "
                 f"{number} of pretrain.stage_steps ({count} steps) needs")
         if count:
-            where = model_dir if number == 3 else files.join(model_dir, STAGES_DIR, str(number))
+            where = model_dir if number == 3 else rundir.stage_dir(model_dir, number)
             stages.append(Stage(number, layers // divisor, start, start + count, where))
         start += count
     return stages
@@ -126,14 +124,10 @@ def stack_layers(source: keras.Model, target: keras.Model) -> None:
       ValueError: a target weight has no source of the same shape.
     """
     depth = _layer_count(source)
-    weights = {v.path: v for v in source.weights}
-    for variable in target.weights:
-        path = _LAYER.sub(lambda m: f"transformer_layer_{int(m.group(1)) % depth}/", variable.path)
-        origin = weights.get(path)
-        if origin is None or tuple(origin.shape) != tuple(variable.shape):
-            raise ValueError(f"stacking a {depth}-layer model: {variable.path} "
-                             f"{tuple(variable.shape)} has no source of that shape ({path})")
-        variable.assign(origin)
+    copy_weights(target, {v.path: v for v in source.weights}.get,
+                 rename=lambda path: _LAYER.sub(
+                     lambda m: f"transformer_layer_{int(m.group(1)) % depth}/", path),
+                 what=f"stacking a {depth}-layer model")
 
 
 def mlm_variables(model: keras.Model) -> list:
@@ -156,78 +150,24 @@ def _build_stage(cfg: config_lib.Config, stage: Stage, vocab_size: int, strategy
     return model, optimizer
 
 
-def mlm_gradients(forward, variables, batch: dict, *, optimizer=None) -> tuple[list, dict]:
-    """Gradients of the masked-LM loss over the global batch, summed over replicas.
-
-    Each replica weights its mean loss by its share of the global predictions, so the
-    summed gradients are those of one weighted mean over every replica's predictions.
-
-    Args:
-      forward: callable. The batch → logits `[batch, predictions, vocab]` (training mode).
-      variables: the trainable variables.
-      batch: dict. This replica's examples from data.masked_lm_dataset.
-      optimizer: optional; a LossScaleOptimizer scales the loss (fp16).
-
-    Returns:
-      (gradients, metrics): gradients identical on every replica; metrics are this
-      replica's masked-LM loss and accuracy.
-    """
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx else 1
-    local = tf.reduce_sum(batch["mask_weights"])
-    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if replicas > 1 else local
-    with tf.GradientTape() as tape:
-        loss, accuracy = masked_lm_loss(forward(batch), batch["mask_ids"], batch["mask_weights"])
-        scaled = loss * tf.math.divide_no_nan(local, total)
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            scaled = optimizer.scale_loss(scaled)
-    grads = tape.gradient(scaled, variables)
-    if replicas > 1:
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    return grads, {"loss": loss, "accuracy": accuracy}
-
-
-def _make_step(model: keras.Model, optimizer, cfg: config_lib.Config):
-    """The per-replica step: masked-LM gradients, then one update."""
-    forward = lambda batch: model({k: batch[k] for k in model.input}, training=True)
-    if cfg.train.jit_compile:
-        forward = tf.function(forward, jit_compile=True)
-
-    variables = mlm_variables(model)
-
-    def step(batch):
-        grads, metrics = mlm_gradients(forward, variables, batch, optimizer=optimizer)
-        optimizer.apply(grads, variables)
-        return metrics
-
-    return step
-
-
 def _distributed_examples(strategy, manifest, preprocessor, cfg: config_lib.Config,
                           start_step: int):
-    """A distributed iterator of masked MLM/TLM batches, each input pipeline on its shard."""
-    if cfg.train.global_batch_size % strategy.num_replicas_in_sync:
-        raise config_lib.ConfigError(
-            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
-            f"{strategy.num_replicas_in_sync} replicas")
+    """A distributed iterator of masked MLM/TLM batches from `start_step` on."""
     p = cfg.pretrain
-    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
-
     masking = data.Masking(tlm_fraction=p.tlm_fraction, mask_rate=p.mask_rate,
                            mask_token_rate=p.mask_token_rate,
                            random_token_rate=p.random_token_rate,
                            max_predictions=p.max_predictions)
+    return run_setup.distributed_batches(
+        strategy, cfg, start_step,
+        functools.partial(data.masked_lm_dataset, manifest, preprocessor, masking=masking))
 
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        return data.masked_lm_dataset(
-            manifest, preprocessor,
-            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=run_setup.data_sampling(cfg), masking=masking,
-            start_step=run_setup.pipeline_batches(ctx, start_step),
-            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
-            trim=not static)
 
-    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+def _make_step(model: keras.Model, optimizer, cfg: config_lib.Config):
+    """The per-replica step: masked-LM gradients, then one update."""
+    return make_step(functools.partial(mlm_gradients, optimizer=optimizer),
+                     lambda batch: model({k: batch[k] for k in model.input}, training=True),
+                     mlm_variables(model), optimizer, jit_compile=cfg.train.jit_compile)
 
 
 def _check(cfg: config_lib.Config) -> None:
@@ -263,7 +203,6 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
     keras.utils.set_random_seed(cfg.train.seed)
     stages = plan_stages(cfg, model_dir)
     _check(cfg)
-    is_chief = distribute.is_chief(strategy)
     cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
     with strategy.scope():
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -290,44 +229,33 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
         if iterator is None:
             iterator = _distributed_examples(strategy, manifest, preprocessor, cfg,
                                              int(step.numpy()))
-        result = run_loop(
-            compile_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"]),
-            iterator, checkpoint, stage.model_dir,
-            LoopOptions.from_train(cfg.train, stop_at=stage.end),
-            learning_rate=lambda o=optimizer: float(o.learning_rate), is_chief=is_chief,
-            log=log)
+        result = train_loop(strategy, _make_step(model, optimizer, cfg), ["loss", "accuracy"],
+                            iterator, checkpoint, stage.model_dir,
+                            LoopOptions.from_train(cfg.train, stop_at=stage.end), optimizer,
+                            log=log)
         results.append({"stage": stage.number, "num_layers": stage.num_layers,
                         "start_step": stage.start, "end_step": stage.end,
                         "checkpoint": result.checkpoint, "final_metrics": result.metrics})
         previous = model
-    summary = {
-        "model_dir": files.absolute(model_dir), "step": int(step.numpy()),
-        "checkpoint": results[-1]["checkpoint"], "stages": results, "data": manifest.summary(),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if is_chief:
-        checkpoints.write_summary(summary, model_dir)
-    return summary
+    return write_run_summary(strategy, model_dir, step=int(step.numpy()),
+                             checkpoint=results[-1]["checkpoint"], stages=results,
+                             data=manifest.summary())
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
-    try:
+    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
+                     FileNotFoundError, files.FileError):
         cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
         strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
                                             cpu_replicas=FLAGS.cpu_replicas)
         summary = pretrain(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                            train_patterns=FLAGS.train_data or [data.sample_corpus_path("train")],
-                           log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
-            files.FileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"run directory: {summary['model_dir']}")
-    log(f"checkpoint:    {summary['checkpoint']}")
-    log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']}")
+                           log=cli.log)
+    cli.log(f"run directory: {summary['model_dir']}")
+    cli.log(f"checkpoint:    {summary['checkpoint']}")
+    cli.log(f"next: python -m labse_tf.train --init_checkpoint={summary['model_dir']}")
 
 
 if __name__ == "__main__":

@@ -23,23 +23,20 @@ OUTPUT is a model directory like MODEL_DIR (config.yaml, vocab.txt, checkpoints/
 """
 
 import dataclasses
-import sys
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, data, files
-from labse_tf.model import build_encoder
+from labse_tf import checkpoints, cli, data, files, rundir
+from labse_tf.model import build_encoder, copy_weights
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize, read_vocab
 
 __all__ = ["corpus_characters", "corpus_sentences", "count_tokens", "prune", "prune_encoder",
            "select_tokens", "unchanged_fraction"]
 
 FLAGS = flags.FLAGS
-
-REPORT_FILE = "prune_vocab.json"
 
 
 def corpus_sentences(patterns: Sequence[str], keep_langs: Sequence[str] = (),
@@ -106,9 +103,8 @@ def prune_encoder(encoder, model_cfg, kept: np.ndarray):
     pruned = build_encoder(dataclasses.replace(model_cfg, vocab_size=len(kept)), len(kept))
     table = encoder.get_layer("token_embedding").embeddings.path
     source = {w.path: w for w in encoder.weights}
-    for weight in pruned.weights:
-        value = source[weight.path].numpy()
-        weight.assign(value[kept] if weight.path == table else value)
+    copy_weights(pruned, lambda path: source[path].numpy()[kept] if path == table
+                 else source.get(path), what="pruning the vocabulary")
     return pruned
 
 
@@ -149,13 +145,13 @@ def prune(model_dir: str, patterns: Sequence[str], output: str, *,
     cfg, full, encoder, source_checkpoint = checkpoints.load_run(model_dir, checkpoint)
     sentences, langs = corpus_sentences(patterns, keep_langs, log)
     log(f"corpus: {len(sentences):,} sentences in {len(langs)} languages ({', '.join(langs)})")
-    tokens = read_vocab(checkpoints.vocab_path(model_dir))
+    tokens = read_vocab(rundir.vocab_path(model_dir))
     counts = count_tokens(full, sentences, batch_size)
     kept = select_tokens(tokens, counts, corpus_characters(sentences, cfg.data.lowercase,
                                                            batch_size), min_count)
     pruned = prune_encoder(encoder, cfg.model, kept)
     written = checkpoints.write_run(cfg, [tokens[i] for i in kept], pruned, output)
-    reloaded = Preprocessor(checkpoints.vocab_path(output), lowercase=cfg.data.lowercase)
+    reloaded = Preprocessor(rundir.vocab_path(output), lowercase=cfg.data.lowercase)
     unchanged = unchanged_fraction(full, reloaded, kept, sentences, batch_size)
     report = {
         "model_dir": files.absolute(model_dir), "checkpoint": files.absolute(source_checkpoint),
@@ -166,14 +162,14 @@ def prune(model_dir: str, patterns: Sequence[str], output: str, *,
         "unknown_pieces": int(counts[full.unk_id]), "pieces": int(counts.sum()),
         "unchanged_tokenization": unchanged,
     }
-    files.write_json(files.join(output, REPORT_FILE), report)
+    files.write_json(files.join(output, rundir.PRUNE_REPORT_FILE), report)
     log(f"vocabulary: {len(tokens):,} → {len(kept):,} tokens ({len(kept) / len(tokens):.1%})")
     log(f"parameters: {report['parameters_before']:,} → {report['parameters_after']:,} "
         f"({report['parameters_after'] / report['parameters_before']:.1%})")
     log(f"[UNK] pieces in the corpus: {report['unknown_pieces']:,} of {report['pieces']:,}")
     log(f"tokenization unchanged: {unchanged:.2%} of {len(sentences):,} corpus sentences")
-    log(f"wrote {output} (config.yaml, vocab.txt, "
-        f"{checkpoints.CHECKPOINT_DIR}/{files.basename(written)}, {REPORT_FILE})")
+    log(f"wrote {output} ({rundir.CONFIG_FILE}, {rundir.VOCAB_FILE}, "
+        f"{rundir.CHECKPOINT_DIR}/{files.basename(written)}, {rundir.PRUNE_REPORT_FILE})")
     return report
 
 
@@ -195,14 +191,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    try:
+    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
+    with cli.exit_on(ValueError, OSError, tf.errors.OpError):
         prune(FLAGS.model_dir, FLAGS.corpus, FLAGS.output, keep_langs=FLAGS.keep_langs,
               min_count=FLAGS.min_count, checkpoint=FLAGS.checkpoint,
-              batch_size=FLAGS.batch_size, log=lambda msg: print(msg, flush=True))
-    # DataError, a bad model directory, an existing output; OpError: gs:// and the like.
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+              batch_size=FLAGS.batch_size, log=cli.log)
 
 
 if __name__ == "__main__":

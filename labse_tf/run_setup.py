@@ -2,7 +2,8 @@
 
 The flags every training command shares; counting the corpus (its manifest), settling
 the vocabulary and writing the resolved config into the run directory, chief only; and
-how the data stream of a pipeline is keyed (its sampling, its position at a step).
+the distributed input: the batch's split over replicas, and how the data stream of each
+input pipeline is keyed (its sampling, its position at a step).
 """
 
 import os
@@ -10,12 +11,12 @@ import os
 import tensorflow as tf
 from absl import flags
 
-from labse_tf import checkpoints, config as config_lib, corpus, data, distribute, files, vocab
-from labse_tf.checkpoints import CHECKPOINT_DIR, MANIFEST_FILE
+from labse_tf import config as config_lib, corpus, data, distribute, files, rundir, vocab
 from labse_tf.preprocessing import Preprocessor
+from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 
-__all__ = ["DEFAULT_MODEL_DIR", "data_sampling", "define_run_flags", "pipeline_batches",
-           "prepare_run"]
+__all__ = ["DEFAULT_MODEL_DIR", "data_sampling", "define_run_flags", "distributed_batches",
+           "pipeline_batches", "prepare_run"]
 
 DEFAULT_MODEL_DIR = os.path.join("runs", "demo")  # a local default; any URL may be given
 
@@ -49,7 +50,7 @@ def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=prin
       (cfg with vocab fields resolved, corpus manifest, preprocessor).
     """
     is_chief = strategy is None or distribute.is_chief(strategy)
-    vocab_file = checkpoints.vocab_path(model_dir)
+    vocab_file = rundir.vocab_path(model_dir)
     if is_chief:
         manifest = _settle_manifest(train_patterns, model_dir, cfg.data.report_malformed, log)
         log(f"training data: {manifest.pairs:,} pairs in {len(manifest.langs)} languages, "
@@ -71,6 +72,42 @@ def prepare_run(cfg: config_lib.Config, model_dir: str, train_patterns, log=prin
     if is_chief:
         config_lib.write_config(cfg, model_dir)
     return cfg, manifest, preprocessor
+
+
+def distributed_batches(strategy: tf.distribute.Strategy, cfg: config_lib.Config,
+                        start_step: int, make_dataset):
+    """A distributed iterator of per-replica batches, each input pipeline on its own shard.
+
+    Args:
+      strategy: tf.distribute.Strategy.
+      cfg: Config. train.global_batch_size, the sampling fields, train.jit_compile.
+      start_step: int. The run's step: the stream continues from there.
+      make_dataset: callable. Keyword arguments batch_size, sampling, start_step,
+        num_pipelines, pipeline and trim (those of data.pair_dataset) → one pipeline's
+        tf.data.Dataset of per-replica batches.
+
+    Raises:
+      ConfigError: the global batch does not split into replicas, or a replica's batch
+        into language groups.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if cfg.train.global_batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
+            f"{replicas} replicas")
+    if (cfg.train.global_batch_size // replicas) % cfg.data.language_group:
+        raise config_lib.ConfigError(
+            f"data.language_group: {cfg.data.language_group} does not divide the batch of each "
+            f"of the {replicas} replicas ({cfg.train.global_batch_size // replicas} pairs)")
+    trim = not distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        return make_dataset(
+            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
+            sampling=data_sampling(cfg), start_step=pipeline_batches(ctx, start_step),
+            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id, trim=trim)
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
 def data_sampling(cfg: config_lib.Config) -> data.Sampling:
@@ -123,7 +160,7 @@ def _settle_vocab(cfg: config_lib.Config, manifest: corpus.Manifest, vocab_file:
 
 def _check_compatible(cfg: config_lib.Config, model_dir: str) -> None:
     """A resumed run must keep the encoder shape its checkpoints were saved with."""
-    path = files.join(model_dir, checkpoints.CONFIG_FILE)
+    path = files.join(model_dir, rundir.CONFIG_FILE)
     if not files.exists(path) or not tf.train.latest_checkpoint(
             files.join(model_dir, CHECKPOINT_DIR)):
         return

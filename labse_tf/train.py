@@ -12,22 +12,24 @@ the order is fixed and readable: strategy → data → model/optimizer → resto
 """
 
 import dataclasses
-import sys
+import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import checkpoints, config as config_lib, data, distribute, evaluate, export, files
-from labse_tf import run_setup
-from labse_tf.gradients import compute_gradients, seed_generators
-from labse_tf.loop import LoopOptions, NonFiniteLossError, compile_loop, run_loop
+from labse_tf import checkpoints, cli, config as config_lib, data, distribute, evaluate, export
+from labse_tf import files, rundir, run_setup
+from labse_tf.compat import seed_generators
+from labse_tf.gradients import compute_gradients
+from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
 from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer, retarget_decay
 from labse_tf.run_setup import define_run_flags, prepare_run
 
 FLAGS = flags.FLAGS
+
 
 def define_train_flags():
     flags.DEFINE_multi_string("eval_data", None, "Held-out pairs; retrieval accuracy within "
@@ -42,48 +44,18 @@ def define_train_flags():
 
 
 def distributed_pairs(strategy, manifest, preprocessor, cfg, start_step):
-    """A distributed iterator of per-replica batches, each input pipeline on its own shard."""
-    replicas = strategy.num_replicas_in_sync
-    if cfg.train.global_batch_size % replicas:
-        raise config_lib.ConfigError(
-            f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
-            f"{replicas} replicas")
-
-    if (cfg.train.global_batch_size // replicas) % cfg.data.language_group:
-        raise config_lib.ConfigError(
-            f"data.language_group: {cfg.data.language_group} does not divide the batch of each "
-            f"of the {replicas} replicas ({cfg.train.global_batch_size // replicas} pairs)")
-
-    static = distribute.needs_static_shapes(strategy, cfg.train.jit_compile)
-
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        return data.pair_dataset(
-            manifest, preprocessor,
-            batch_size=ctx.get_per_replica_batch_size(cfg.train.global_batch_size),
-            sampling=run_setup.data_sampling(cfg),
-            start_step=run_setup.pipeline_batches(ctx, start_step),
-            num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id,
-            trim=not static)
-
-    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+    """A distributed iterator of per-replica batches of pairs from `start_step` on."""
+    return run_setup.distributed_batches(
+        strategy, cfg, start_step, functools.partial(data.pair_dataset, manifest, preprocessor))
 
 
 def make_train_step(encoder, optimizer, cfg):
-    """The per-replica step: gradients of the global-batch loss, then one update."""
-    forward = lambda inputs: encoder(inputs, training=True)["embedding"]
-    if cfg.train.jit_compile:
-        forward = tf.function(forward, jit_compile=True)
-
-    generators = seed_generators(encoder) if cfg.train.chunk_size else ()
-
-    def step(batch):
-        grads, metrics = compute_gradients(forward, encoder.trainable_variables, batch,
-                                           cfg.loss, optimizer=optimizer,
-                                           chunk_size=cfg.train.chunk_size, generators=generators)
-        optimizer.apply(grads, encoder.trainable_variables)
-        return metrics
-
-    return step
+    """The per-replica step: gradients of the global-batch ranking loss, then one update."""
+    gradients = functools.partial(
+        compute_gradients, cfg=cfg.loss, optimizer=optimizer, chunk_size=cfg.train.chunk_size,
+        generators=seed_generators(encoder) if cfg.train.chunk_size else ())
+    return make_step(gradients, lambda inputs: encoder(inputs, training=True)["embedding"],
+                     encoder.trainable_variables, optimizer, jit_compile=cfg.train.jit_compile)
 
 
 def _macro_retrieval(embed_fn, pairs: data.Pairs) -> float:
@@ -112,13 +84,13 @@ def inherit_pretrained(cfg: config_lib.Config, init_checkpoint: str, log=print) 
     """This run's config with the pre-trained run's encoder shape, vocabulary and casing."""
     init_dir = (init_checkpoint if files.isdir(init_checkpoint)
                 else files.dirname(files.dirname(init_checkpoint)))
-    source = config_lib.load_config(files.join(init_dir, checkpoints.CONFIG_FILE))
+    source = config_lib.load_config(files.join(init_dir, rundir.CONFIG_FILE))
     shape = {f: getattr(source.model, f) for f in _SHAPE_FIELDS}
     log(f"encoder shape and vocabulary from {init_dir}: "
         + ", ".join(f"{k}={v}" for k, v in shape.items()))
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, **shape),
-        data=dataclasses.replace(cfg.data, vocab_file=checkpoints.vocab_path(init_dir),
+        data=dataclasses.replace(cfg.data, vocab_file=rundir.vocab_path(init_dir),
                                  lowercase=source.data.lowercase))
 
 
@@ -141,7 +113,6 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         raise config_lib.ConfigError(
             "train.time_budget_minutes: each worker would read its own clock and stop at its "
             "own step; under --strategy=multi_worker set train.steps instead")
-    is_chief = distribute.is_chief(strategy)
     if init_checkpoint:
         cfg = inherit_pretrained(cfg, init_checkpoint, log)
     cfg, manifest, preprocessor = prepare_run(cfg, model_dir, train_patterns, log, strategy)
@@ -152,7 +123,7 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         optimizer.build(encoder.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(encoder=encoder, optimizer=optimizer, step=step)
-    latest = tf.train.latest_checkpoint(files.join(model_dir, checkpoints.CHECKPOINT_DIR))
+    latest = tf.train.latest_checkpoint(files.join(model_dir, rundir.CHECKPOINT_DIR))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at step {int(step.numpy())}")
@@ -162,70 +133,57 @@ def train(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns,
         f"hidden {cfg.model.hidden_dim}, vocabulary {preprocessor.vocab_size}; "
         f"{strategy.num_replicas_in_sync} replica(s), precision {cfg.train.precision}")
     iterator = distributed_pairs(strategy, manifest, preprocessor, cfg, int(step.numpy()))
-    step_fn = make_train_step(encoder, optimizer, cfg)
     names = ["loss", "src_to_tgt_accuracy"] + (["tgt_to_src_accuracy"] if cfg.loss.bidirectional else [])
-    loop = compile_loop(strategy, step_fn, names)
     eval_sets = eval_sets or {}
-    evaluate_fn = _eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None
     options = LoopOptions.from_train(
         cfg.train, eval_key=f"{next(iter(eval_sets))}_accuracy" if eval_sets else "",
         time_budget=cfg.train.time_budget_minutes * 60)
-    result = run_loop(loop, iterator, checkpoint, model_dir, options,
-                      learning_rate=lambda: float(optimizer.learning_rate), evaluate=evaluate_fn,
-                      retarget=lambda end: retarget_decay(optimizer, end), is_chief=is_chief,
-                      log=log)
-    summary = {
-        "model_dir": files.absolute(model_dir), "step": result.step,
-        "checkpoint": result.checkpoint, "best_checkpoint": result.best_checkpoint,
-        "final_metrics": result.metrics, "evaluations": result.evals,
-        "data": manifest.summary(), "seconds": round(result.seconds, 1),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if is_chief:
-        checkpoints.write_summary(summary, model_dir)
-    return summary
+    result = train_loop(strategy, make_train_step(encoder, optimizer, cfg), names, iterator,
+                        checkpoint, model_dir, options, optimizer,
+                        evaluate=_eval_fn(preprocessor, encoder, eval_sets) if eval_sets else None,
+                        retarget=lambda end: retarget_decay(optimizer, end), log=log)
+    return write_run_summary(
+        strategy, model_dir, step=result.step, checkpoint=result.checkpoint,
+        best_checkpoint=result.best_checkpoint, final_metrics=result.metrics,
+        evaluations=result.evals, data=manifest.summary(), seconds=round(result.seconds, 1))
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    log = lambda msg: print(msg, flush=True)
     train_patterns = FLAGS.train_data or [data.sample_corpus_path("train")]
     eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
-    try:
+    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
+                     FileNotFoundError, files.FileError):
         cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
         # First: logical CPU replicas can only be set up before TF runs any op.
         strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
                                             cpu_replicas=FLAGS.cpu_replicas)
         eval_sets = {}
         if eval_patterns:
-            eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=log)
+            eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=cli.log)
         if FLAGS.eval_tatoeba_dir:
             tatoeba = evaluate.read_tatoeba(FLAGS.eval_tatoeba_dir)
             eval_sets["tatoeba"] = data.Pairs(tuple(tatoeba), *zip(*tatoeba.values()))
         summary = train(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                         train_patterns=train_patterns, eval_sets=eval_sets,
-                        init_checkpoint=FLAGS.init_checkpoint, log=log)
-    except (NonFiniteLossError, data.DataError, config_lib.ConfigError, FileNotFoundError,
-            files.FileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"run directory: {summary['model_dir']}")
-    log(f"checkpoint:    {summary['checkpoint']}")
+                        init_checkpoint=FLAGS.init_checkpoint, log=cli.log)
+    cli.log(f"run directory: {summary['model_dir']}")
+    cli.log(f"checkpoint:    {summary['checkpoint']}")
     for entry in summary["evaluations"][-1:]:
         shown = ", ".join(f"{k} {v:.1%}" for k, v in entry.items() if k.endswith("accuracy"))
-        log(f"retrieval at step {entry['step']}: {shown}")
+        cli.log(f"retrieval at step {entry['step']}: {shown}")
     if FLAGS.export and distribute.is_chief(strategy):
-        summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, log)
+        summary["export"] = export_run(FLAGS.model_dir, FLAGS.export_dir, eval_sets, cli.log)
         checkpoints.write_summary(summary, FLAGS.model_dir)
-    log(f"summary:       {files.join(summary['model_dir'], checkpoints.SUMMARY_FILE)}")
+    cli.log(f"summary:       {files.join(summary['model_dir'], rundir.SUMMARY_FILE)}")
 
 
 def export_run(model_dir: str, export_dir: str, eval_sets: dict, log) -> dict:
     """Exports the final checkpoint (in fp32) and scores the exported serving model."""
     _, preprocessor, encoder, _ = checkpoints.load_run(model_dir)
     paths = export.export_model(preprocessor, encoder,
-                                export_dir or files.join(model_dir, "export"),
+                                export_dir or files.join(model_dir, rundir.EXPORT_DIR),
                                 seq_length=preprocessor.seq_length)
     for name, path in paths.items():
         log(f"exported {name + ':':13s} {path}")

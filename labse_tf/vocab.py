@@ -15,17 +15,16 @@ sizes as the sample here) and learns with `learn_vocab`.
 """
 
 import collections
-import sys
 import time
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
-from labse_tf import data, files
+from labse_tf import cli, data, files
+from labse_tf.compat import BasicTokenizer
 from labse_tf.corpus import Manifest
 from labse_tf.preprocessing import SPECIAL_TOKENS, Preprocessor, normalize
 
@@ -221,14 +220,10 @@ def define_flags():
 def main(argv):
     del argv
     start = time.time()
-    log = lambda msg: print(msg, flush=True)
-    try:
-        manifest = data.load_manifest(FLAGS.input, log=log)
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    log(f"{manifest.pairs:,} pairs in {len(manifest.langs)} languages "
-        f"({manifest.malformed} malformed lines skipped)")
+    with cli.exit_on(data.DataError):
+        manifest = data.load_manifest(FLAGS.input, log=cli.log)
+    cli.log(f"{manifest.pairs:,} pairs in {len(manifest.langs)} languages "
+            f"({manifest.malformed} malformed lines skipped)")
     sample = sample_sentences(manifest, FLAGS.alpha, FLAGS.max_sentences, FLAGS.seed)
     sentences = [s for group in sample.values() for s in group]
     print(f"learning a {FLAGS.vocab_size}-token vocabulary from {len(sentences)} sampled "

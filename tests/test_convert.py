@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from conftest import copy_to_ram
-from labse_tf import checkpoints, config as config_lib, convert, data, run_setup, train
+from labse_tf import checkpoints, config as config_lib, convert, data, rundir, run_setup, train
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor, read_vocab
 
@@ -146,7 +146,7 @@ def test_tfhub_savedmodel_converts_to_the_same_embeddings(garden, vocab_file, tm
     result = convert.convert("tfhub", os.path.join(garden["dir"], "hub"), out, log=lambda m: None)
     _assert_same_as_garden(out, garden)
     cfg, preprocessor, _, _ = checkpoints.load_run(out)
-    assert read_vocab(checkpoints.vocab_path(out)) == read_vocab(vocab_file)
+    assert read_vocab(rundir.vocab_path(out)) == read_vocab(vocab_file)
     assert result["lowercase"] is True and cfg.data.lowercase  # the SavedModel's do_lower_case
     assert (cfg.model.num_layers, cfg.model.hidden_dim, cfg.model.num_heads,
             cfg.model.intermediate_dim, cfg.model.max_sequence_length, cfg.model.pooling) == (
@@ -182,7 +182,7 @@ def test_garden_sources_on_another_filesystem(garden, vocab_file, tmp_path, monk
         out = str(tmp_path / kind)
         convert.convert(kind, path, out, vocab=vocab, log=lambda m: None)
         _assert_same_as_garden(out, garden)
-        assert read_vocab(checkpoints.vocab_path(out)) == read_vocab(vocab_file)
+        assert read_vocab(rundir.vocab_path(out)) == read_vocab(vocab_file)
     assert os.listdir(tmp_path / "cwd") == []
 
 

@@ -207,6 +207,22 @@ def test_every_pair_of_a_language_comes_once_per_epoch():
     assert pairs[:37] != pairs[37:74]  # each epoch in its own order
 
 
+def test_epochs_start_apart_in_multi_way_parallel_corpora(tmp_path):
+    """Eight languages whose files list the same English sentences in the same order (as
+    the shared corpus's do): batches hold about as many repeated English sentences as
+    uniform draws from the corpus would (0.5 a batch), not one language's window's worth
+    in every language (~7 a batch if epochs started together)."""
+    paths = []
+    for lang in "abcdefgh":
+        paths.append(_write(tmp_path / f"l{lang}.tsv", "".join(
+            f"english {i}\t{lang} {i}\n" for i in range(4096)).encode()))
+    manifest = data.load_manifest(paths, log=lambda m: None)
+    sampling = data.Sampling(alpha=1.0, seed=3, window=256)
+    repeats = [64 - len(set(b["src"])) for b in data.pair_strings(
+        manifest, batch_size=64, sampling=sampling).take(30).as_numpy_iterator()]
+    assert np.mean(repeats) < 1.5, repeats
+
+
 @pytest.mark.parametrize("chunk, combinations", [(16384, [(1, 1), (1, 4), (2, 1), (2, 4)]),
                                                   (4, [(1, 4), (2, 1)])])
 def test_resumed_streams_continue_the_same_batches(chunk, combinations):
@@ -258,11 +274,20 @@ def test_positions_are_int64_for_languages_of_any_size():
     """A language of 2^33 pairs: resuming past 2^32 skips whole files by their counts."""
     big = 2 ** 33
     counts = tf.constant([big, 3, big], tf.int64)
-    skip, drop = data.epoch_reads(counts, tf.constant(big + 1000, tf.int64),
-                                  tf.constant(256, tf.int64))
+    skip, take, drop = data.epoch_reads(counts, tf.constant(big + 1000, tf.int64),
+                                        tf.constant(256, tf.int64))
     # The window boundary at or before 2^33 + 1000 is 2^33 + 768: file 0 skipped whole,
     # file 1 (3 pairs) too, 765 pairs into file 2; 232 dropped after the window's shuffle.
-    np.testing.assert_array_equal(skip.numpy(), [big, 3, 765])
+    np.testing.assert_array_equal(skip.numpy(), [big, 3, 765, 0, 0, 0])
+    np.testing.assert_array_equal(take.numpy(), [0, 0, big - 765, 0, 0, 0])
+    assert int(drop) == 232
+    # Started at pair 2^33 + 1 (rotation) and resumed 2^33 + 1000 pairs later: the first
+    # span is spent, the second reads from 2^33 + 1000 + (2^33 + 1) - total to the rotation.
+    skip, take, drop = data.epoch_reads(counts, tf.constant(big + 1000, tf.int64),
+                                        tf.constant(256, tf.int64), tf.constant(big + 1, tf.int64))
+    start = big + 768 + big + 1 - (2 * big + 3)  # 766, in file 0
+    np.testing.assert_array_equal(skip.numpy(), [big, 3, big, start, 0, 0])
+    np.testing.assert_array_equal(take.numpy(), [0, 0, 0, big - start, 1, 0])
     assert int(drop) == 232
     rates, phases = np.array([1.0, 2.0 ** -20]), np.array([0.5, 0.25])
     np.testing.assert_array_equal(data.consumed_groups(rates, phases, 3 * big),

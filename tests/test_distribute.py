@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import config as config_lib, distribute
-from labse_tf.gradients import compute_gradients, seed_generators
+from labse_tf.compat import seed_generators
+from labse_tf.gradients import compute_gradients
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
 

@@ -8,7 +8,6 @@ import uuid
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from labse_tf import baselines, config as config_lib, embed, embeddings, evaluate, files
 from labse_tf.model import build_encoder

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import shared_path
-from labse_tf import checkpoints, config as config_lib, data, evaluate, export, train
+from labse_tf import checkpoints, config as config_lib, data, evaluate, export, rundir, train
 from labse_tf.model import build_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def run_dir(tmp_path_factory, vocab_file):
     keras.utils.set_random_seed(0)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size)
     tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder), max_to_keep=1,
-                               directory=os.path.join(model_dir, checkpoints.CHECKPOINT_DIR)).save()
+                               directory=os.path.join(model_dir, rundir.CHECKPOINT_DIR)).save()
     return model_dir
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from labse_tf import checkpoints, config as config_lib, export, files
+from labse_tf import checkpoints, config as config_lib, export, files, rundir
 from labse_tf.model import INPUT_NAMES, build_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +293,7 @@ def _run(args, cwd, env=None, returncode=0):
 @pytest.fixture(scope="module")
 def first_checkpoint(tiny_run):
     """The run's oldest checkpoint, so exporting a given one (not the latest) is tested."""
-    state = tf.train.get_checkpoint_state(os.path.join(tiny_run, checkpoints.CHECKPOINT_DIR))
+    state = tf.train.get_checkpoint_state(os.path.join(tiny_run, rundir.CHECKPOINT_DIR))
     first, latest = state.all_model_checkpoint_paths[0], state.model_checkpoint_path
     assert first != latest
     return first
@@ -604,6 +604,27 @@ def test_next_version(tmp_path):
     for name in ("1", "3", "notes", ".tmp-7"):
         (tmp_path / name).mkdir()
     assert export.next_version(str(tmp_path)) == 4
+
+
+class _Lengths(tf.Module):
+    """An encoder stand-in that returns the packed length it was given, for every row."""
+
+    def __call__(self, inputs, training):
+        shape = tf.shape(inputs["input_word_ids"])
+        return {"default": tf.cast(tf.fill([shape[0], 1], shape[1]), tf.float32)}
+
+
+@pytest.mark.slow
+def test_serving_model_cuts_padding_to_the_longest_sentence(reference):
+    preprocessor, _ = reference
+    hub_preprocessor = export.HubPreprocessor(preprocessor, SEQ_LENGTH, MAX_SEQ_LENGTH)
+    serving = export.ServingModel(hub_preprocessor, _Lengths())
+    for text in (["Hi.", "", "Wie geht es dir heute, mein Freund?"], ["a"], [""]):
+        longest = preprocessor(tf.constant(text))["padding_mask"].numpy().sum(1).max()
+        assert longest < SEQ_LENGTH
+        lengths = serving.serve(tf.constant(text))[export.SERVING_OUTPUT].numpy()[:, 0]
+        assert lengths.tolist() == [longest] * len(text), text
+    assert serving.serve(tf.constant([], tf.string))[export.SERVING_OUTPUT].shape == (0, 1)
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from labse_tf import loop as loop_lib, pacing
-from labse_tf.checkpoints import CLOCK_FILE
 from labse_tf.loop import LoopOptions, run_loop
+from labse_tf.rundir import CLOCK_FILE
 
 SECONDS_PER_STEP = 0.02
 STEPS_PER_LOOP = 5

@@ -62,8 +62,9 @@ def test_mine_files_matches_the_reference(corpus, strategy):
     threshold = (expected[5][0] + expected[6][0]) / 2   # keeps 6
     out = f"{ram_dir()}/out/pairs.tsv"
     summary = mine.mine_files(f"{directory}/src.txt", f"{directory}/tgt.txt", out,
-                              embed_fn_for=lambda texts: fake_embedder(src + tgt), k=3,
-                              strategy=strategy, threshold=threshold,
+                              embed_fn_for=lambda texts: fake_embedder(src + tgt),
+                              selection=mine.Selection(k=3, strategy=strategy,
+                                                       threshold=threshold),
                               gold_path=f"{directory}/gold.tsv")
     got = read_pairs(out)
     assert [(x, y) for _, x, y in got] == [(x, y) for _, x, y in expected[:6]]
@@ -94,7 +95,7 @@ def test_mining_embedding_directories_gives_the_same_pairs(corpus):
     src_emb = embed_side(src_path, src + tgt, shard_size=4)
     tgt_emb = embed_side(tgt_path, src + tgt, shard_size=3)
     from_text, from_dirs = f"{ram_dir()}/a.tsv", f"{ram_dir()}/b.tsv"
-    args = dict(k=3, threshold=0.0, max_pairs=10)
+    args = dict(selection=mine.Selection(k=3, threshold=0.0, max_pairs=10))
     mine.mine_files(src_path, tgt_path, from_text,
                     embed_fn_for=lambda texts: fake_embedder(src + tgt), **args)
     mine.mine_files(src_path, tgt_path, from_dirs, src_embeddings=src_emb,

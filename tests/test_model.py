@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from labse_tf import config as config_lib
+from labse_tf import compat, config as config_lib
 from labse_tf.model import build_encoder
 
 
@@ -18,7 +18,7 @@ def _inputs(batch=4, length=12, vocab=500):
 
 
 def _projections(encoder):
-    return [layer for layer in encoder._flatten_layers()
+    return [layer for layer in compat.sublayers(encoder)
             if isinstance(layer, keras.layers.EinsumDense)]
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from labse_tf import config as config_lib, data, pretrain, train
-from labse_tf.checkpoints import CHECKPOINT_DIR
+from labse_tf import config as config_lib, data, gradients, pretrain, train
 from labse_tf.losses import masked_lm_loss
 from labse_tf.model import build_encoder
 from labse_tf.preprocessing import Preprocessor
+from labse_tf.rundir import CHECKPOINT_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny twin shortened to 2 + 2 + 2 steps (1, 2, then 4 layers), a checkpoint every step.
@@ -180,11 +180,11 @@ def test_two_replica_gradients_match_one():
         model = pretrain.build_masked_lm(cfg, 50)
     variables = pretrain.mlm_variables(model)
     forward = lambda b: model({k: b[k] for k in model.input}, training=True)
-    want, _ = pretrain.mlm_gradients(forward, variables, batch)
+    want, _ = gradients.mlm_gradients(forward, variables, batch)
     halves = strategy.experimental_distribute_values_from_function(
         lambda ctx: {k: v[2 * ctx.replica_id_in_sync_group:][:2] for k, v in batch.items()})
     got, _ = tf.function(lambda b: strategy.run(
-        lambda x: pretrain.mlm_gradients(forward, variables, x), args=(b,)))(halves)
+        lambda x: gradients.mlm_gradients(forward, variables, x), args=(b,)))(halves)
     for g, w in zip(got, want, strict=True):
         for local in strategy.experimental_local_results(g):  # the same on both replicas
             np.testing.assert_allclose(tf.convert_to_tensor(local), tf.convert_to_tensor(w),

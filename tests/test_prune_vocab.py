@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import copy_to_ram
-from labse_tf import checkpoints, config as config_lib, data, files, prune_vocab
+from labse_tf import checkpoints, config as config_lib, data, files, prune_vocab, rundir
 from labse_tf.model import build_encoder, embed
 from labse_tf.preprocessing import SPECIAL_TOKENS, read_vocab
 
@@ -49,7 +49,7 @@ def pruned(tmp_path_factory, full_model):
          f"--corpus={data.sample_corpus_path('train')}", f"--keep_langs={','.join(KEEP)}",
          f"--output={output}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    with open(os.path.join(output, prune_vocab.REPORT_FILE)) as f:
+    with open(os.path.join(output, rundir.PRUNE_REPORT_FILE)) as f:
         return output, done.stdout, json.load(f)
 
 
@@ -58,8 +58,8 @@ def _unknown_pieces(preprocessor, sentences) -> int:
 
 
 def _kept_ids(full_model: str, output: str) -> np.ndarray:
-    full = read_vocab(checkpoints.vocab_path(full_model))
-    return np.array([full.index(t) for t in read_vocab(checkpoints.vocab_path(output))])
+    full = read_vocab(rundir.vocab_path(full_model))
+    return np.array([full.index(t) for t in read_vocab(rundir.vocab_path(output))])
 
 
 def _embed(model_dir: str, sentences: list) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_pruned_model_embeds_the_kept_languages_identically(full_model, pruned):
 @pytest.mark.slow
 def test_pruned_vocabulary_is_an_ordered_subset_without_the_dropped_scripts(vocab_file, pruned):
     output, _, report = pruned
-    full, small = read_vocab(vocab_file), read_vocab(checkpoints.vocab_path(output))
+    full, small = read_vocab(vocab_file), read_vocab(rundir.vocab_path(output))
     assert len(small) == report["vocab_after"] and small[:len(SPECIAL_TOKENS)] == list(
         SPECIAL_TOKENS)
     positions = [full.index(token) for token in small]
@@ -143,7 +143,7 @@ def test_high_min_count_keeps_character_coverage(full_model, tmp_path):
                                                 log=lambda m: None)
     assert _unknown_pieces(small, sentences) == _unknown_pieces(full, sentences)
     assert all(len(t.removeprefix("##")) == 1 for t in read_vocab(
-        checkpoints.vocab_path(output)) if t not in SPECIAL_TOKENS)
+        rundir.vocab_path(output)) if t not in SPECIAL_TOKENS)
 
 
 def test_unknown_language_is_an_error_naming_the_corpus_languages(full_model, tmp_path):
@@ -163,7 +163,7 @@ def test_prune_on_another_filesystem(full_model, tmp_path, monkeypatch):
     report = prune_vocab.prune(model_dir, [corpus], output, keep_langs=["deu"],
                                log=lambda m: None)
     assert os.listdir(tmp_path / "cwd") == []
-    assert files.read_json(f"{output}/{prune_vocab.REPORT_FILE}") == report
+    assert files.read_json(f"{output}/{rundir.PRUNE_REPORT_FILE}") == report
     assert (report["model_dir"], report["output"]) == (model_dir, f"{output}/checkpoints/ckpt-0")
     assert report["unchanged_tokenization"] == 1.0
     sentences, _ = prune_vocab.corpus_sentences([data.sample_corpus_path("train")], ["deu"],
