@@ -15,15 +15,15 @@ of workers, with no iterator state in the checkpoint:
   of pairs each language gave before step s is recomputed on resume in chunks;
 - each language is an endless sequence of epochs; an epoch visits that pipeline's files
   of the language in an order drawn per epoch, from a starting pair drawn per epoch
-  (wrapping round), and shuffles its pairs within windows of `window` pairs (a
-  permutation drawn per window). The random start matters for multi-way parallel
-  corpora, whose files list the same English sentences in about the same order in
-  every language: read from the same place, every language's window would hold the
-  same sentences, and a batch would hold many copies of one English sentence, each a
-  false negative for the others (measured: bench/README.md section 8). The k-th pair a
-  language gives is thus addressable: resuming skips whole files by their manifest
-  counts, then at most one file's pairs, never the corpus. Every pair of a language comes once per epoch, of
-  any size (int64 throughout).
+  among the first ROTATION_PAIRS (wrapping round), and shuffles its pairs within
+  windows of `window` pairs (a permutation drawn per window). The random start matters
+  for multi-way parallel corpora, whose files list the same English sentences in about
+  the same order in every language: read from the same place, every language's window
+  would hold the same sentences, and a batch would hold many copies of one English
+  sentence, each a false negative for the others (measured: bench/README.md section 8).
+  The k-th pair a language gives is thus addressable: resuming skips whole files by
+  their manifest counts, then at most one file's pairs, never the corpus. Every pair of
+  a language comes once per epoch, of any size (int64 throughout).
 Memory is a window per language plus the prefetched batches, whatever the corpus size.
 """
 
@@ -62,10 +62,9 @@ __all__ = [
 
 # Lines parsed per call in a training stream (one stream per language is open at a time).
 STREAM_PARSE_BATCH = 256
-# An epoch of a language starts at a random pair among its first ROTATION_WINDOWS shuffle
-# windows (see the module doc); bounded, so starting an epoch reads at most that many
-# windows' pairs before its first one.
-ROTATION_WINDOWS = 16
+# An epoch of a language starts at a random pair among its first ROTATION_PAIRS (see the
+# module doc); bounded, so starting an epoch reads at most that many pairs before its first.
+ROTATION_PAIRS = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +321,7 @@ def _language_stream(table: _ShardTable, lang, key, start, window) -> tf.data.Da
         resume = tf.where(tf.equal(epoch, first_epoch), first_offset, tf.constant(0, tf.int64))
         rotation = tf.random.stateless_uniform(
             [], tf.random.experimental.stateless_fold_in(epoch_key, -1),
-            maxval=tf.minimum(total, ROTATION_WINDOWS * window), dtype=tf.int64)
+            maxval=tf.minimum(total, ROTATION_PAIRS), dtype=tf.int64)
         skip, take, drop = epoch_reads(ordered, resume, window, rotation)
         read = take > 0
         files = tuple(tf.boolean_mask(tf.tile(tf.gather(x, order), [2]), read)
@@ -393,8 +392,14 @@ def _first_chunk(rates: np.ndarray, phases: np.ndarray, rounds: int, groups: int
 
 
 def _pipeline_key(sampling: Sampling, pipeline: int) -> tf.Tensor:
-    """The stateless-random key of one input pipeline's streams (its draws, its masks)."""
+    """The stateless-random key of one input pipeline's streams (its draws, its masks).
+
+    Folded in with a language's index (>= 0) for its pairs, or with one of the negative
+    stream ids below, so that no two kinds of draw share a key."""
     return tf.constant([sampling.seed, pipeline], tf.int64)
+
+
+_PHASES, _CHUNK_SHUFFLE, _MLM_MASKS = -1, -2, -3
 
 
 def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
@@ -421,7 +426,8 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
     rates = mixing_rates(list(manifest.counts().values()), sampling.alpha)
     key = _pipeline_key(sampling, pipeline)
     fold = tf.random.experimental.stateless_fold_in
-    phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, -1), dtype=tf.float64).numpy()
+    phases = tf.random.stateless_uniform([len(rates)], seed=fold(key, _PHASES),
+                                         dtype=tf.float64).numpy()
     rounds = chunk_rounds(rates, group, sampling.chunk)
     first = start_step * (batch_size // group)  # groups before this step
     first_chunk = _first_chunk(rates, phases, rounds, first)
@@ -459,7 +465,7 @@ def pair_strings(manifest: Manifest, *, batch_size: int, sampling: Sampling,
 
     def shuffle(index, batch):
         merged = {k: v.merge_dims(0, 1) for k, v in batch.items()}  # [groups, group]
-        perm = _permutation(tf.shape(merged["src"])[0], fold(fold(key, -2), index))
+        perm = _permutation(tf.shape(merged["src"])[0], fold(fold(key, _CHUNK_SHUFFLE), index))
         return {k: tf.gather(v, perm) for k, v in merged.items()}
 
     return (tf.data.Dataset.range(len(rates))
@@ -581,7 +587,7 @@ def masked_lm_dataset(manifest: Manifest, preprocessor: Preprocessor, *, batch_s
         size = tf.shape(batch["src"])[0]
         # A stream of randomness apart from the pair draws'.
         key = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(seed, -2), step)
+            tf.random.experimental.stateless_fold_in(seed, _MLM_MASKS), step)
         is_tlm, is_src = tf.unstack(tf.random.stateless_uniform([2, size], seed=key))
         tlm = preprocessor.bert_pack_inputs([src, tgt], seq_length)
         # Row i of the MLM batch: src[i] or tgt[i], i.e. row i or size + i of [src; tgt].
