@@ -96,10 +96,6 @@ class PrepareConfig:
     report: int = 5                # malformed examples kept per input file
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
 def _safe_name(lang: str) -> str:
     """A file-name form of a language code (the records carry the code itself)."""
     if re.fullmatch(r"[A-Za-z0-9_-]+", lang):
@@ -177,8 +173,8 @@ class _ReadFiles(beam.DoFn):
                 yield from self._batch(paths[current], batch, state)
                 if time.time() - shown > _LOG_EVERY:
                     shown = time.time()
-                    _log(f"prepare: {paths[current]}: {lines:,} lines of {len(paths)} file(s), "
-                         f"{lines / (shown - start):,.0f} lines/s")
+                    cli.log(f"prepare: {paths[current]}: {lines:,} lines of {len(paths)} file(s), "
+                            f"{lines / (shown - start):,.0f} lines/s")
         except tf.errors.OpError:
             raise corpus.unreadable(list(paths), state["file"] if state else 0) from None
         if state is not None:
@@ -215,9 +211,9 @@ class _ReadFiles(beam.DoFn):
                  "pairs": dict(state["pairs"]), "malformed": state["malformed"],
                  "malformed_examples": state["examples"]}
         yield beam.pvalue.TaggedOutput("input", json.dumps(entry, ensure_ascii=False))
-        _log(f"prepare: read {path}: {sum(state['pairs'].values()):,} pairs, "
-             f"{state['malformed']} malformed, {sum(state['excluded'].values())} excluded "
-             f"({time.time() - state['start']:.1f}s)")
+        cli.log(f"prepare: read {path}: {sum(state['pairs'].values()):,} pairs, "
+                f"{state['malformed']} malformed, {sum(state['excluded'].values())} excluded "
+                f"({time.time() - state['start']:.1f}s)")
 
 
 def _example(pair) -> tuple:
@@ -377,8 +373,8 @@ def _learn_vocab(output: str, manifest: Manifest, cfg: PrepareConfig) -> dict:
     by_lang = {lang: dict(words) for lang, words in _json_lines(files.join(work, "words.jsonl"))}
     sentences = {lang: 2 * n for lang, n in manifest.counts().items()}
     counts = vocab.smoothed_word_counts(by_lang, sentences, cfg.alpha, cfg.vocab_sentences)
-    _log(f"prepare: learning a {cfg.vocab_size}-token vocabulary from {len(counts):,} distinct "
-         f"words of {sum(sentences.values()):,} sentences ...")
+    cli.log(f"prepare: learning a {cfg.vocab_size}-token vocabulary from {len(counts):,} distinct "
+            f"words of {sum(sentences.values()):,} sentences ...")
     tokens = vocab.learn_vocab(counts, cfg.vocab_size, max_unique_chars=cfg.max_unique_chars,
                                max_words=cfg.max_words)
     path = vocab.write_vocab(tokens, files.join(output, VOCAB_FILE))
@@ -423,30 +419,42 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
 
     Raises:
       DataError: an input or exclude path is missing, or a glob matches no file (naming
-        it), or no valid pair was kept.
+        it), or no valid pair was kept; an argument is neither prepare's nor Beam's; the
+        shard size is not positive.
     """
     start = time.time()
+    if not cfg.shard_mb > 0:
+        raise DataError(f"--shard_mb must be > 0, got {cfg.shard_mb:g}")
     try:
         paths = files.expand(inputs, what="input")
         exclude_paths = files.expand(exclude, what="exclude") if exclude else []
     except files.FileError as e:
         raise DataError(str(e)) from None
-    _log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
+    cli.log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
     excluded = _exclude_set(exclude_paths, cfg.lowercase)
     if exclude_paths:
-        _log(f"prepare: {len(excluded):,} distinct sentences to exclude from "
-             f"{len(exclude_paths)} file(s)")
-    for stale in (PAIRS_DIR, _WORK_DIR):  # a rerun replaces the previous output
-        files.rmtree(files.join(output, stale))
-    files.makedirs(output)
+        cli.log(f"prepare: {len(excluded):,} distinct sentences to exclude from "
+                f"{len(exclude_paths)} file(s)")
     options = PipelineOptions(list(beam_args))
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                     - set(options.get_all_options()))
+    if unknown:
+        raise DataError(f"unknown flag(s), neither prepare's nor Beam's: "
+                        f"{', '.join('--' + name for name in unknown)}")
+    # A rerun replaces the previous output whole: nothing of it may outlive a failure.
+    for stale in (PAIRS_DIR, _WORK_DIR):
+        files.rmtree(files.join(output, stale))
+    for stale in (corpus.MANIFEST_FILE, SUMMARY_FILE, MALFORMED_FILE, VOCAB_FILE,
+                  VOCAB_FILE + ".coverage.json"):
+        files.remove(files.join(output, stale))
+    files.makedirs(output)
     # Beam 2.77's DirectRunner first tries to download and start the Prism runner; for a
     # batch pipeline it then falls back to the FnApiRunner, which runs here directly
     # (it honours --direct_num_workers and --direct_running_mode).
     chosen = FnApiRunner() if runner == "DirectRunner" else runner
     with beam.Pipeline(runner=chosen, options=options) as p:
         build_pipeline(p, paths, output, excluded, cfg)
-    _log(f"prepare: pipeline done in {time.time() - start:.0f}s; writing the manifest")
+    cli.log(f"prepare: pipeline done in {time.time() - start:.0f}s; writing the manifest")
     manifest = _manifest(output, exclude_paths)
     if not manifest.files:
         raise DataError(f"no valid translation pair kept from {inputs}")

@@ -226,6 +226,31 @@ def test_bad_inputs_name_the_path(tmp_path):
                         str(tmp_path / "out"))
 
 
+def test_a_rerun_replaces_the_whole_output(tmp_path):
+    (tmp_path / "deu.tsv").write_text("a\tb\nbroken line\nc\td\n")
+    out = str(tmp_path / "out")
+    first = prepare.prepare([str(tmp_path / "deu.tsv")], out,
+                            cfg=prepare.PrepareConfig(vocab_size=40))
+    assert first["malformed_lines"] == 1 and os.path.exists(first["vocab_file"])
+    (tmp_path / "fra.tsv").write_text("e\tf\n")
+    second = prepare.prepare([str(tmp_path / "fra.tsv")], out)
+    assert second["malformed_lines"] == 0 and second["kept"] == 1
+    assert (tmp_path / "out" / prepare.MALFORMED_FILE).read_text() == ""
+    assert sorted(os.listdir(out)) == sorted([prepare.PAIRS_DIR, corpus.MANIFEST_FILE,
+                                              prepare.MALFORMED_FILE, prepare.SUMMARY_FILE])
+
+
+def test_unknown_flags_and_bad_shard_sizes_are_errors(tmp_path):
+    (tmp_path / "x.tsv").write_text("a\tb\n")
+    with pytest.raises(corpus.DataError, match="unknown flag.*--vocab_sise"):
+        prepare.prepare([str(tmp_path / "x.tsv")], str(tmp_path / "out"),
+                        beam_args=["--vocab_sise=50", "--direct_num_workers=1"])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(corpus.DataError, match="shard_mb must be > 0, got 0"):
+        prepare.prepare([str(tmp_path / "x.tsv")], str(tmp_path / "out"),
+                        cfg=prepare.PrepareConfig(shard_mb=0))
+
+
 def test_the_core_imports_without_beam_and_help_works():
     block = ("import sys; sys.modules['apache_beam'] = None; "
              "import labse_tf, labse_tf.train, labse_tf.data, labse_tf.vocab\n"
