@@ -1,18 +1,34 @@
 """Each Keras/TF internal that labse_tf.compat wraps, exercised on a real small object, so
 that an upgrade which renames or removes one fails here."""
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_text
 
 from labse_tf import compat
 
 
-def test_installed_versions_are_the_pinned_ones():
-    compat.check_versions({"keras": keras.__version__, "tensorflow": tf.__version__,
-                           "tensorflow_text": tensorflow_text.__version__})
+def test_importing_under_another_keras_fails(monkeypatch):
+    """The check runs at import: a Keras upgrade stops labse_tf there, not mid-training."""
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    with pytest.raises(ImportError, match=r"keras 3\.16\.0 \(expected 3\.15\.x\)"):
+        importlib.reload(compat)
+    monkeypatch.setattr(keras.optimizers.AdamW, "_clip_gradients", None)
+    monkeypatch.setattr(compat, "check_versions", lambda installed: None)
+    with pytest.raises(ImportError, match=r"AdamW has no \['_clip_gradients'\]"):
+        compat._check_optimizer_overrides()
+    monkeypatch.undo()
+    importlib.reload(compat)
+
+
+def test_the_optimizer_overrides_are_the_checked_ones():
+    from labse_tf import optimization
+    private = {name for name in vars(optimization._AdamW)
+               if name.startswith("_") and not name.startswith("__")}
+    assert private - {"_lazy_update"} == set(compat.OPTIMIZER_OVERRIDES)
 
 
 def test_other_versions_fail_naming_installed_and_expected():
@@ -66,7 +82,9 @@ def _adamw_step(**kwargs):
 def test_variable_key_is_per_variable():
     optimizer, variable = _adamw_step()
     other = keras.Variable(np.ones([2], np.float32))
-    assert compat.variable_key(optimizer, variable) == compat.variable_key(optimizer, variable)
+    # A Keras variable and the tf.Variable behind it (what a gradient update sees) agree.
+    assert compat.variable_key(optimizer, variable) == compat.variable_key(optimizer,
+                                                                           variable.value)
     assert compat.variable_key(optimizer, variable) != compat.variable_key(optimizer, other)
 
 
