@@ -19,14 +19,21 @@ from typing import Callable, Iterator, Sequence
 import tensorflow as tf
 
 from labse_tf import checkpoints, config as config_lib, distribute, files, rundir
+from labse_tf.corpus import DataError
 from labse_tf.pacing import Pacer
 
-__all__ = ["LoopOptions", "LoopResult", "NonFiniteLossError", "compile_loop", "make_step",
-           "run_loop", "train_loop", "write_run_summary"]
+__all__ = ["LoopOptions", "LoopResult", "NonFiniteLossError", "RUN_ERRORS", "compile_loop",
+           "make_step", "run_loop", "train_loop", "write_run_summary"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving."""
+
+
+# What ends a training command with `error: ...` (a user's data, config or path, or a
+# diverged run) rather than a traceback.
+RUN_ERRORS = (NonFiniteLossError, DataError, config_lib.ConfigError, FileNotFoundError,
+              files.FileError)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,9 @@ import keras_hub
 import tensorflow as tf
 from absl import app, flags, logging
 
-from labse_tf import cli, config as config_lib, data, distribute, files, rundir, run_setup
+from labse_tf import cli, config as config_lib, data, files, rundir, run_setup
 from labse_tf.gradients import mlm_gradients
-from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
+from labse_tf.loop import RUN_ERRORS, LoopOptions, make_step, train_loop, write_run_summary
 from labse_tf.model import INPUT_NAMES, build_encoder, copy_weights, encoder_dtype_policy
 from labse_tf.optimization import build_optimizer
 from labse_tf.run_setup import define_run_flags, prepare_run
@@ -245,11 +245,8 @@ def pretrain(cfg: config_lib.Config, *, strategy, model_dir: str, train_patterns
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
-                     FileNotFoundError, files.FileError):
-        cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
-        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
-                                            cpu_replicas=FLAGS.cpu_replicas)
+    with cli.exit_on(*RUN_ERRORS):
+        cfg, strategy = run_setup.config_and_strategy()
         summary = pretrain(cfg, strategy=strategy, model_dir=FLAGS.model_dir,
                            train_patterns=FLAGS.train_data or [data.sample_corpus_path("train")],
                            log=cli.log)

@@ -15,7 +15,8 @@ from labse_tf import config as config_lib, corpus, data, distribute, files, rund
 from labse_tf.preprocessing import Preprocessor
 from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 
-__all__ = ["DEFAULT_MODEL_DIR", "data_sampling", "define_run_flags", "distributed_batches",
+__all__ = ["DEFAULT_MODEL_DIR", "config_and_strategy", "data_sampling", "define_run_flags",
+           "distributed_batches",
            "pipeline_batches", "prepare_run"]
 
 DEFAULT_MODEL_DIR = os.path.join("runs", "demo")  # a local default; any URL may be given
@@ -108,6 +109,16 @@ def distributed_batches(strategy: tf.distribute.Strategy, cfg: config_lib.Config
             num_pipelines=ctx.num_input_pipelines, pipeline=ctx.input_pipeline_id, trim=trim)
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def config_and_strategy() -> tuple[config_lib.Config, tf.distribute.Strategy]:
+    """The run's config and strategy from the shared flags (after `define_run_flags`).
+
+    Before anything else the command runs: logical CPU replicas can only be set up before
+    TensorFlow runs an op."""
+    cfg = config_lib.load_config(flags.FLAGS.config, flags.FLAGS.set)
+    return cfg, distribute.make_strategy(flags.FLAGS.strategy, tpu=flags.FLAGS.tpu,
+                                         cpu_replicas=flags.FLAGS.cpu_replicas)
 
 
 def data_sampling(cfg: config_lib.Config) -> data.Sampling:

@@ -23,7 +23,7 @@ from labse_tf import checkpoints, cli, config as config_lib, data, distribute, e
 from labse_tf import files, rundir, run_setup
 from labse_tf.compat import seed_generators
 from labse_tf.gradients import compute_gradients
-from labse_tf.loop import LoopOptions, NonFiniteLossError, make_step, train_loop, write_run_summary
+from labse_tf.loop import RUN_ERRORS, LoopOptions, make_step, train_loop, write_run_summary
 from labse_tf.model import build_encoder
 from labse_tf.optimization import build_optimizer, retarget_decay
 from labse_tf.run_setup import define_run_flags, prepare_run
@@ -153,12 +153,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     train_patterns = FLAGS.train_data or [data.sample_corpus_path("train")]
     eval_patterns = FLAGS.eval_data or ([] if FLAGS.train_data else [data.sample_corpus_path("heldout")])
-    with cli.exit_on(NonFiniteLossError, data.DataError, config_lib.ConfigError,
-                     FileNotFoundError, files.FileError):
-        cfg = config_lib.load_config(FLAGS.config, FLAGS.set)
-        # First: logical CPU replicas can only be set up before TF runs any op.
-        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
-                                            cpu_replicas=FLAGS.cpu_replicas)
+    with cli.exit_on(*RUN_ERRORS):
+        cfg, strategy = run_setup.config_and_strategy()
         eval_sets = {}
         if eval_patterns:
             eval_sets["heldout"], _ = data.read_pairs(eval_patterns, log=cli.log)
