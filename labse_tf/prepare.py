@@ -19,16 +19,19 @@ lines and their line numbers are the ones training reports. A file is one elemen
 worker streams it whole, which keeps line numbers exact without a pass to number lines,
 and the pipeline parallelises across files only: split a huge file into many for speed.
 Valid pairs are normalised as the Preprocessor does (`preprocessing.normalize`: UTF-8
-repair, NFKC, case folding with --lowercase); a pair is dropped when either side equals a
-sentence of an --exclude file (normalised the same way: test-set decontamination), or
-when it is an exact duplicate of another (same language and both sides, after normalising).
+repair, NFKC, case folding with --lowercase) and stripped. Pairs are compared as training
+sees them: also case-folded unless --nocompare_lowercase (training folds case by default,
+so "Hello" and "hello" are one sentence to it). A pair is dropped when either side equals
+a sentence of an --exclude file (test-set decontamination), or when it duplicates another
+(same language and both sides); of duplicates differing in case the smallest text is kept.
 
 The kept pairs of a language go into shards of about --shard_mb megabytes, each pair to
 the shard its hash picks, sorted by that hash within the shard (so a shard is a fixed
 pseudo-random sample of its language, the same on any runner; a shard is sorted in one
 worker's memory). With --vocab_size the words of all kept sentences are counted per
-language in the pipeline, smoothed (`vocab.smoothed_word_counts`, p(lang) ∝ n^alpha, the
-sizes `labse_tf.vocab` samples) and learned from (`vocab.learn_vocab`). Only the
+language in the pipeline, smoothed (`vocab.smoothed_word_counts`: each language weighted
+as the sample of --vocab_sentences that `labse_tf.vocab` takes, p(lang) ∝ n^alpha, the
+smallest weight 1, so no word of the corpus rounds away) and learned from (`vocab.learn_vocab`). Only the
 --max_words most frequent words of each language reach the learner (bounded memory), which
 keeps the --max_words most frequent of all anyway; when a language has more distinct words
 than that, the learner's alphabet (--max_unique_chars, picked from the character counts of
@@ -37,7 +40,7 @@ frequent only as a sum over languages can be missed. With --vocab_sentences at l
 the corpus's sentences (and no language over --max_words words), the smoothing keeps every
 count and the vocabulary equals that of `labse_tf.vocab --input=DIR` with the same
 settings (tested); with fewer, `labse_tf.vocab` learns from a random sample of that size
-and prepare from the counts that sample has in expectation, so the two differ by sampling
+and prepare from the whole corpus weighted as that sample, so the two differ by sampling
 noise (and `labse_tf.vocab` on the raw files also counts the duplicates and excluded pairs). Coverage is measured on up to
 --coverage_sentences random sentences per language.
 
@@ -84,12 +87,13 @@ _LOG_EVERY = 30.0  # seconds between progress lines within one file
 class PrepareConfig:
     """What `prepare` does; the command-line flags of the same names."""
 
-    lowercase: bool = False        # case-fold the text written (and compared)
+    lowercase: bool = False        # case-fold the text written
+    compare_lowercase: bool = True  # dedup and exclude case-folded (as data.lowercase trains)
     shard_mb: float = 128.0        # target shard size: GCS reads 100-200 MB objects well
     vocab_size: int = 0            # 0: no vocabulary
     vocab_lowercase: bool = True   # the vocabulary's case folding (must match data.lowercase)
     alpha: float = 0.3             # language smoothing of the word counts, p ∝ n^alpha
-    vocab_sentences: int = 400_000  # the smoothed sample the counts are scaled to
+    vocab_sentences: int = 400_000  # the smoothed sample whose language weights counts take
     max_words: int = 200_000       # distinct words learned from (per language in the pipeline)
     max_unique_chars: int = 0      # as labse_tf.vocab's flag
     coverage_sentences: int = 2000  # per language, for the coverage report
@@ -109,18 +113,31 @@ def _hash(*parts: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(b"\t".join(parts), digest_size=8).digest(), "big")
 
 
+def _normalized(texts, lowercase: bool) -> list:
+    """bytes or str texts → normalised as the Preprocessor does, stripped (NFKC can turn
+    an edge character into a space), as bytes."""
+    return tf.strings.strip(normalize(tf.constant(texts, tf.string), lowercase)).numpy().tolist()
+
+
 def _exclude_set(paths, lowercase: bool) -> frozenset:
-    """Normalised sentences of --exclude files: every tab-separated field of every line,
-    stripped (so a test set of pairs can be given as it is), blank ones skipped. Held in
-    memory (and sent to every worker): test sets are small."""
+    """Compared forms (`_normalized`) of the sentences of --exclude files: every
+    tab-separated field of every line (so a test set of pairs can be given as it is),
+    blank ones skipped. Held in memory (and sent to every worker): test sets are small.
+
+    Raises:
+      DataError: a line is not UTF-8 (naming file and line).
+    """
     fields = []
     for path in paths:
-        with files.open_file(path, "r") as f:
-            fields += [x.strip() for line in f for x in line.rstrip("\n").split("\t")]
-    fields = [x for x in fields if x]
-    if not fields:
-        return frozenset()
-    return frozenset(normalize(tf.constant(fields, tf.string), lowercase).numpy().tolist())
+        with files.open_file(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{number}: not UTF-8 ({e.reason} at byte "
+                                    f"{e.start})") from None
+                fields += [x for x in line.rstrip(b"\r\n").split(b"\t") if x.strip()]
+    return frozenset(_normalized(fields, lowercase)) if fields else frozenset()
 
 
 def file_groups(paths, sizes, *, max_files: int = 64, max_bytes: int = 1 << 30) -> list:
@@ -148,7 +165,9 @@ def _file_state(file: int) -> dict:
 class _ReadFiles(beam.DoFn):
     """A group of input files → their valid pairs, normalised, minus excluded ones.
 
-    Main output: ((lang, src, tgt), 1) with bytes text. Tagged outputs: `malformed`
+    Main output: ((lang, src, tgt), text) with src, tgt the compared forms (bytes) and text
+    the pair as written when that differs (compared case-folded, written not), else None.
+    Tagged outputs: `malformed`
     (`file:line: why`), `excluded` ((lang, pairs) per file) and `input` (each file's
     FileEntry as JSON: valid pairs per language, malformed lines).
     """
@@ -194,15 +213,18 @@ class _ReadFiles(beam.DoFn):
         ok = np.flatnonzero((error == b"") & ~batch["blank"])
         if not ok.size:
             return
-        src, tgt = (normalize(tf.constant(batch[side][ok]), self._cfg.lowercase).numpy().tolist()
-                    for side in ("src", "tgt"))
-        for lang, s, t in zip(batch["lang"][ok].tolist(), src, tgt):
+        cfg = self._cfg
+        written = [_normalized(batch[side][ok], cfg.lowercase) for side in ("src", "tgt")]
+        folds = cfg.compare_lowercase and not cfg.lowercase
+        compared = ([_normalized(batch[side][ok], True) for side in ("src", "tgt")]
+                    if folds else written)
+        for lang, s, t, ws, wt in zip(batch["lang"][ok].tolist(), *compared, *written):
             lang = lang.decode("utf-8")
             state["pairs"][lang] += 1
             if s in self._exclude or t in self._exclude:
                 state["excluded"][lang] += 1
             else:
-                yield (lang, s, t), 1
+                yield (lang, s, t), ((ws, wt) if folds else None)
 
     def _done(self, index, path, state):
         for lang, n in state["excluded"].items():
@@ -214,6 +236,30 @@ class _ReadFiles(beam.DoFn):
         cli.log(f"prepare: read {path}: {sum(state['pairs'].values()):,} pairs, "
                 f"{state['malformed']} malformed, {sum(state['excluded'].values())} excluded "
                 f"({time.time() - state['start']:.1f}s)")
+
+
+class _Dedup(beam.CombineFn):
+    """The texts of one compared pair → (the smallest text as written or None, copies)."""
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, accumulator, text):
+        return self.merge_accumulators([accumulator, (text, 1)])
+
+    def merge_accumulators(self, accumulators):
+        texts, n = zip(*accumulators)
+        texts = [t for t in texts if t is not None]
+        return (min(texts) if texts else None), sum(n)
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _kept(item) -> tuple:
+    """((lang, src, tgt), (text, copies)) → (lang, src, tgt) as written."""
+    (lang, src, tgt), (text, _) = item
+    return (lang, *text) if text is not None else (lang, src, tgt)
 
 
 def _example(pair) -> tuple:
@@ -309,8 +355,8 @@ def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
     read = (p | "files" >> beam.Create(groups) | beam.Reshuffle()
             | "read" >> beam.ParDo(_ReadFiles(cfg, exclude)).with_outputs(
                 "malformed", "excluded", "input", main="pairs"))
-    counted = read.pairs | "dedup" >> beam.CombinePerKey(sum)
-    (counted | beam.FlatMap(lambda kv: [(kv[0][0], kv[1] - 1)] if kv[1] > 1 else [])
+    counted = read.pairs | "dedup" >> beam.CombinePerKey(_Dedup())
+    (counted | beam.FlatMap(lambda kv: [(kv[0][0], kv[1][1] - 1)] if kv[1][1] > 1 else [])
      | "duplicates" >> beam.CombinePerKey(sum) | "dup json" >> beam.Map(json.dumps)
      | "write duplicates" >> _WriteLines(files.join(work, "duplicates.jsonl")))
     (read.excluded | "excluded" >> beam.CombinePerKey(sum) | "exc json" >> beam.Map(json.dumps)
@@ -318,7 +364,7 @@ def build_pipeline(p: beam.Pipeline, inputs, output: str, exclude: frozenset,
     read.input | "write inputs" >> _WriteLines(files.join(work, "inputs.jsonl"))
     read.malformed | "write malformed" >> _WriteLines(files.join(output, MALFORMED_FILE))
 
-    kept = counted | "kept" >> beam.Keys()
+    kept = counted | "kept" >> beam.Map(_kept)
     records = kept | "serialize" >> beam.Map(_example)
     sizes = (records | beam.MapTuple(lambda lang, r: (lang, len(r[1])))
              | "bytes" >> beam.CombinePerKey(sum))
@@ -431,7 +477,7 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
     except files.FileError as e:
         raise DataError(str(e)) from None
     cli.log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
-    excluded = _exclude_set(exclude_paths, cfg.lowercase)
+    excluded = _exclude_set(exclude_paths, cfg.lowercase or cfg.compare_lowercase)
     if exclude_paths:
         cli.log(f"prepare: {len(excluded):,} distinct sentences to exclude from "
                 f"{len(exclude_paths)} file(s)")
@@ -481,9 +527,11 @@ def define_flags():
     flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner (local, no "
                         "set-up), PrismRunner, DataflowRunner, FlinkRunner, SparkRunner. "
                         "Other Beam pipeline options are passed through.")
-    flags.DEFINE_bool("lowercase", defaults.lowercase, "Case-fold the text written (and "
-                      "compared for duplicates and exclusion). Off: training folds case "
-                      "itself with data.lowercase.")
+    flags.DEFINE_bool("lowercase", defaults.lowercase, "Case-fold the text written (off: "
+                      "training folds case itself with data.lowercase).")
+    flags.DEFINE_bool("compare_lowercase", defaults.compare_lowercase, "Compare pairs for "
+                      "dedup and --exclude case-folded, as training with data.lowercase (the "
+                      "default) sees them; --nocompare_lowercase for a cased model.")
     flags.DEFINE_float("shard_mb", defaults.shard_mb, "Target shard size in megabytes.")
     flags.DEFINE_integer("vocab_size", defaults.vocab_size, "Learn a wordpiece vocabulary of "
                          "about this many tokens from the whole corpus (0: none).")
@@ -491,9 +539,10 @@ def define_flags():
                       "folding (must match data.lowercase).")
     flags.DEFINE_float("alpha", defaults.alpha, "Language smoothing exponent of the word "
                        "counts: p(lang) ∝ n_lang^alpha.")
-    flags.DEFINE_integer("vocab_sentences", defaults.vocab_sentences, "Word counts are scaled "
-                         "to a smoothed sample of this many sentences (labse_tf.vocab's "
-                         "--max_sentences); at least the corpus's sentences: unscaled.")
+    flags.DEFINE_integer("vocab_sentences", defaults.vocab_sentences, "Languages' word counts "
+                         "are weighted as a smoothed sample of this many sentences would "
+                         "hold them (labse_tf.vocab's --max_sentences); at least the "
+                         "corpus's sentences: unweighted.")
     flags.DEFINE_integer("max_words", defaults.max_words, "Distinct words the learner learns "
                          "from, the most frequent first (also kept per language).")
     flags.DEFINE_integer("max_unique_chars", defaults.max_unique_chars, "As labse_tf.vocab's.")
@@ -503,7 +552,8 @@ def define_flags():
 
 
 def main(argv):
-    cfg = PrepareConfig(lowercase=FLAGS.lowercase, shard_mb=FLAGS.shard_mb,
+    cfg = PrepareConfig(lowercase=FLAGS.lowercase, compare_lowercase=FLAGS.compare_lowercase,
+                        shard_mb=FLAGS.shard_mb,
                         vocab_size=FLAGS.vocab_size, vocab_lowercase=FLAGS.vocab_lowercase,
                         alpha=FLAGS.alpha, vocab_sentences=FLAGS.vocab_sentences,
                         max_words=FLAGS.max_words, max_unique_chars=FLAGS.max_unique_chars,

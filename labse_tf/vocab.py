@@ -96,29 +96,36 @@ def count_words(sentences: Sequence[str | bytes], lowercase: bool = True,
 
 def smoothed_word_counts(counts_by_lang: dict, sentences: dict, alpha: float,
                          budget: int) -> collections.Counter:
-    """Word counts of whole languages scaled to the smoothed sample `sample_sentences` takes.
+    """Word counts of whole languages weighted as the smoothed sample `sample_sentences`
+    takes, with no word of the corpus lost to rounding.
 
-    Language l's counts are multiplied by s_l / n_l, s = smoothed_sample_sizes(n, alpha,
-    budget) with n_l its sentences, and rounded: what a sample of s_l sentences would
-    count in expectation. When the budget covers every sentence, s = n and the counts are
-    those of the whole corpus, unchanged.
+    Language l's counts are weighted by s_l / n_l, s = smoothed_sample_sizes(n, alpha,
+    budget) with n_l its sentences, then all weights are divided by the smallest, so the
+    most down-weighted language keeps its counts and every other one is counted up: the
+    ratios a sample of s sentences would count in expectation, but a word seen once
+    anywhere still counts (scaling down to the sample itself would round away every word
+    rarer than n_l / s_l, most of a 6B-sentence corpus's). When the budget covers every
+    sentence, s = n and the counts are those of the whole corpus, unchanged.
 
     Args:
       counts_by_lang: dict lang -> {word: count}. Words of all sentences of each language.
       sentences: dict lang -> int. Sentences each language's counts were taken from.
       alpha: float. Smoothing exponent, p(lang) ∝ n^alpha.
-      budget: int. Sentences of the sample in all.
+      budget: int. Sentences of the sample in all (languages it leaves out weigh 0).
 
     Returns:
       Counter of words summed over languages (zero counts dropped).
     """
     langs = sorted(counts_by_lang)
-    n = [sentences[lang] for lang in langs]
+    n = np.array([sentences[lang] for lang in langs], np.float64)
+    take = smoothed_sample_sizes(n.astype(np.int64), alpha, budget)
+    weight = np.divide(take, n, out=np.zeros_like(n), where=n > 0)
+    if weight.any():
+        weight /= weight[weight > 0].min()
     total = collections.Counter()
-    for lang, size, take in zip(langs, n, smoothed_sample_sizes(n, alpha, budget)):
-        scale = take / size if size else 0.0
+    for lang, w in zip(langs, weight.tolist()):
         for word, count in counts_by_lang[lang].items():
-            total[word] += count if take == size else count * scale
+            total[word] += count * w
     return collections.Counter({w: int(round(c)) for w, c in total.items() if round(c) > 0})
 
 

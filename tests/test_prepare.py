@@ -19,10 +19,12 @@ from labse_tf import config as config_lib, corpus, data, prepare, train, vocab
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 QUIET = lambda message: None
 
-# deu (2 columns, gzip): duplicates (one only after NFKC: full-width "Ｈallo"), a blank
-# line, a line of one field, and a pair whose target is in the exclude file.
+# deu (2 columns, gzip): duplicates (one only after NFKC: full-width "Ｈallo", one only
+# case-folded), a blank line, a line of one field, and pairs whose target is in the
+# exclude file (one in other case).
 DEU = ("Hello\tHallo\nHello\tHallo\n\nGood day\tGuten Tag\n\u00a0Ｈello \tHallo\n"
-       "just one field\nThe test sentence\tDer Testsatz\nMorning\tMorgen\n").encode()
+       "just one field\nThe test sentence\tDer Testsatz\nMorning\tMorgen\n"
+       "good day\tguten tag\nA test\tDER TESTSATZ\n").encode()
 # mixed (3 columns): fra and spa, a deu pair already in deu.tsv.gz (a duplicate across
 # files), invalid UTF-8, an empty source field, an excluded source.
 MIXED = (b"fra\tYes\tOui\nfra\tYes\tOui\nspa\tYes\tS\xc3\xad\ndeu\tMorning\tMorgen\n"
@@ -48,8 +50,9 @@ def raw(tmp_path_factory):
 
 def _independent_count(raw):
     """Plain Python: per input file valid pairs and malformed lines; the kept pairs
-    (normalised: NFKC, stripped) and what was dropped, per language."""
-    excluded_sentences = {unicodedata.normalize("NFKC", x.strip())
+    (normalised: NFKC, stripped; compared case-folded, the smallest text kept) and what
+    was dropped, per language."""
+    excluded_sentences = {unicodedata.normalize("NFKC", x.strip()).lower()
                           for line in EXCLUDE.splitlines() for x in line.split("\t")}
     rows, inputs = [], []
     for name, lines in (("deu.tsv.gz", DEU.split(b"\n")[:-1]), ("mixed.tsv", MIXED.split(b"\n")[:-1])):
@@ -72,16 +75,19 @@ def _independent_count(raw):
     pol = [[r["lang"], r["src_raw"], r["tgt_raw"]] for r in POL if "src_raw" in r]
     rows += pol
     inputs.append(({"pol": len(pol)}, 1))
-    kept, excluded, duplicates = collections.defaultdict(set), collections.Counter(), collections.Counter()
+    kept, excluded, duplicates = collections.defaultdict(dict), collections.Counter(), collections.Counter()
     for lang, src, tgt in rows:
         src, tgt = (unicodedata.normalize("NFKC", x).strip() for x in (src, tgt))
-        if src in excluded_sentences or tgt in excluded_sentences:
+        key = (src.lower(), tgt.lower())
+        if key[0] in excluded_sentences or key[1] in excluded_sentences:
             excluded[lang] += 1
-        elif (src, tgt) in kept[lang]:
+        elif key in kept[lang]:
             duplicates[lang] += 1
+            kept[lang][key] = min(kept[lang][key], (src, tgt))
         else:
-            kept[lang].add((src, tgt))
-    return inputs, dict(kept), dict(excluded), dict(duplicates)
+            kept[lang][key] = (src, tgt)
+    kept = {lang: set(texts.values()) for lang, texts in kept.items()}
+    return inputs, kept, dict(excluded), dict(duplicates)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,7 @@ def test_counts_match_an_independent_count(raw, prepared):
     out, stdout = prepared
     inputs, kept, excluded, duplicates = _independent_count(raw)
     assert kept["deu"] == {("Hello", "Hallo"), ("Good day", "Guten Tag"), ("Morning", "Morgen")}
-    assert excluded == {"deu": 1, "fra": 1} and duplicates == {"deu": 3, "fra": 1, "pol": 2}
+    assert excluded == {"deu": 2, "fra": 1} and duplicates == {"deu": 4, "fra": 1, "pol": 2}
     manifest = corpus.read_manifest(str(out / "manifest.json"))
     prep = manifest.preparation
     assert [(f.pairs, f.malformed) for f in prep.inputs] == inputs
@@ -111,13 +117,13 @@ def test_counts_match_an_independent_count(raw, prepared):
     assert prep.excluded == excluded and prep.duplicates == duplicates
     assert prep.exclude_files == (str(raw / "test.txt"),)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["pairs_in"] == 19 and summary["kept"] == 11 and summary["malformed_lines"] == 4
-    assert summary["dropped"] == {"excluded": 2, "duplicates": 6}
+    assert summary["pairs_in"] == 21 and summary["kept"] == 11 and summary["malformed_lines"] == 4
+    assert summary["dropped"] == {"excluded": 3, "duplicates": 7}
     assert summary["languages"]["deu"] == {
-        "in": 7, "excluded": 1, "duplicates": 3, "kept": 3,
+        "in": 9, "excluded": 2, "duplicates": 4, "kept": 3,
         "shards": sum(1 for f in manifest.files if "deu" in f.pairs)}
     assert summary["shards"] == len(manifest.files)
-    assert "19 pairs in, 11 kept; dropped 6 duplicates, 2 excluded; 4 malformed lines" in stdout
+    assert "21 pairs in, 11 kept; dropped 7 duplicates, 3 excluded; 4 malformed lines" in stdout
     assert f"prepare: read {raw}/mixed.tsv: 8 pairs, 2 malformed, 1 excluded" in stdout
 
 
@@ -224,6 +230,39 @@ def test_bad_inputs_name_the_path(tmp_path):
     with pytest.raises(corpus.DataError, match=f"{tmp_path}/y.tsv.gz: cannot read"):
         prepare.prepare([str(tmp_path / "x.tsv"), str(tmp_path / "y.tsv.gz")],
                         str(tmp_path / "out"))
+
+
+def test_case_is_folded_for_comparison_only_unless_asked(tmp_path):
+    (tmp_path / "deu.tsv").write_text("hello\thallo\nHello\tHallo\nHELLO\tHALLO\n"
+                                      "The Test\tDer Test\nBye\tTschüss\n", encoding="utf-8")
+    (tmp_path / "test.txt").write_text("the test\n")
+    out = str(tmp_path / "out")
+
+    def run(**cfg):
+        summary = prepare.prepare([str(tmp_path / "deu.tsv")], out,
+                                  exclude=[str(tmp_path / "test.txt")],
+                                  cfg=prepare.PrepareConfig(**cfg))
+        pairs, _ = data.read_pairs([out], log=QUIET)
+        return summary["dropped"], {p for s, t in zip(pairs.src, pairs.tgt) for p in zip(s, t)}
+
+    # Compared case-folded (as training folds case), written as given: of the three
+    # hellos the smallest text stays, in whichever order the pipeline met them.
+    assert run() == ({"excluded": 1, "duplicates": 2},
+                     {("HELLO", "HALLO"), ("Bye", "Tschüss")})
+    assert run(compare_lowercase=False) == (
+        {"excluded": 0, "duplicates": 0},
+        {("hello", "hallo"), ("Hello", "Hallo"), ("HELLO", "HALLO"), ("The Test", "Der Test"),
+         ("Bye", "Tschüss")})
+    assert run(lowercase=True, compare_lowercase=False) == (
+        {"excluded": 1, "duplicates": 2}, {("hello", "hallo"), ("bye", "tschüss")})
+
+
+def test_an_exclude_file_that_is_not_utf8_names_its_line(tmp_path):
+    (tmp_path / "x.tsv").write_text("a\tb\n")
+    (tmp_path / "test.txt").write_bytes(b"fine\n\xffbad\n")
+    with pytest.raises(corpus.DataError, match=f"{tmp_path}/test.txt:2: not UTF-8"):
+        prepare.prepare([str(tmp_path / "x.tsv")], str(tmp_path / "out"),
+                        exclude=[str(tmp_path / "test.txt")])
 
 
 def test_a_rerun_replaces_the_whole_output(tmp_path):

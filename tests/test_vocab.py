@@ -67,15 +67,21 @@ def test_sample_sentences_follow_the_sizes(sample_pairs, sample_manifest):
         assert got[-2] not in pool[:size]
 
 
-def test_smoothed_word_counts_scale_each_language_to_its_sample():
-    by_lang = {"aaa": {"x": 10, "y": 5}, "bbb": {"x": 1, "z": 3}}
-    # Sizes [22, 8] of [100, 10] sentences (alpha 0.5, budget 30): scales 0.22 and 0.8, so
-    # x = 10 * 0.22 + 1 * 0.8 = 3.0, y = 1.1 -> 1, z = 2.4 -> 2.
-    assert vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 30) == {
-        "x": 3, "y": 1, "z": 2}
+def test_smoothed_word_counts_weigh_languages_as_their_sample_and_keep_rare_words():
+    by_lang = {"aaa": {"x": 10, "y": 5, "once": 1}, "bbb": {"x": 1, "z": 3}}
+    # Sizes [22, 8] of [100, 10] sentences (alpha 0.5, budget 30): weights 0.22 and 0.8,
+    # divided by the smaller: 1 and 40/11. x = 10 + 40/11 = 13.6 -> 14, z = 10.9 -> 11, and
+    # the word seen once in the down-weighted language still counts (scaled to the 30
+    # sentences it would be 0.22 -> 0, and y 1.1 -> 1).
+    counts = vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 30)
+    assert counts == {"x": 14, "y": 5, "once": 1, "z": 11}
+    assert counts["z"] / counts["y"] == pytest.approx((3 * 0.8) / (5 * 0.22), rel=0.05)
     # A budget covering every sentence keeps the counts exact, summed over languages.
     assert vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 1000) == {
-        "x": 11, "y": 5, "z": 3}
+        "x": 11, "y": 5, "once": 1, "z": 3}
+    # A budget smaller than the languages leaves some out, as the sample would.
+    assert set(vocab.smoothed_word_counts(by_lang, {"aaa": 100, "bbb": 10}, 0.5, 1)) in (
+        {"x", "y", "once"}, {"x", "z"})
 
 
 def test_words_are_counted_as_the_preprocessor_splits_them_in_any_order():
