@@ -15,7 +15,6 @@ import glob
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,17 +58,22 @@ def _run(pattern: str, mode: str) -> dict:
     out = os.path.join(FLAGS.work_dir, f"out_{mode}")
     cmd = [sys.executable, "-m", "labse_tf.prepare", f"--input={pattern}", f"--output={out}",
            *([f"--vocab_size={FLAGS.vocab_size}"] if mode == "vocab" else []), *FLAGS.beam_args]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    tick = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_common.REPO_ROOT,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    wall = time.perf_counter() - tick
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
-        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    # wait4 gives this child's own usage (with the worker processes it waited for): peak
+    # RSS per mode, not the maximum over every child so far as RUSAGE_CHILDREN would.
+    with tempfile.TemporaryFile("w+") as log:
+        tick = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                cwd=_common.REPO_ROOT,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - tick
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            raise RuntimeError(log.read()[-6000:])
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
     # The learner runs once in the driver after the pipeline, on at most --max_words words
     # whatever the corpus size: timed apart.
     learner = summary.get("vocab_seconds", 0.0)
@@ -80,7 +84,7 @@ def _run(pattern: str, mode: str) -> dict:
               "pairs_per_second": round(summary["pairs_in"] / summary["seconds"]),
               "pipeline_pairs_per_second": round(summary["pairs_in"] / (summary["seconds"] - learner)),
               "pairs_per_cpu_second": round(summary["pairs_in"] / cpu),
-              "peak_rss_gib": round(after.ru_maxrss / 2**20, 2)}
+              "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2)}
     _common.log(f"{mode}: {result['pairs_in']:,} pairs in {summary['seconds']:.0f}s: "
                 f"{result['pairs_per_second']:,} pairs/s, {result['pairs_per_cpu_second']:,} "
                 f"per CPU-second ({cpu / wall:.2f} cores busy)")
