@@ -38,10 +38,11 @@ def random_batches(num: int, batch: int, seq_length: int, vocab_size: int, seed:
     return {"src": side(), "tgt": side()}
 
 
-def small_config(*, vocab_size: int, seq_length: int, global_batch: int, precision: str = "fp32",
-                 jit: bool = False, chunk_size: int = 0) -> config_lib.Config:
-    """configs/small.yaml with the benchmark's vocabulary, length, batch and switches."""
-    return config_lib.load_config("small", [
+def bench_config(*, vocab_size: int, seq_length: int, global_batch: int, precision: str = "fp32",
+                 jit: bool = False, chunk_size: int = 0, config: str = "small") -> config_lib.Config:
+    """configs/`config`.yaml (the small shape unless told) with the benchmark's vocabulary,
+    length, batch and switches."""
+    return config_lib.load_config(config, [
         f"model.vocab_size={vocab_size}", f"data.seq_length={seq_length}",
         f"train.global_batch_size={global_batch}", f"train.precision={precision}",
         f"train.jit_compile={str(jit).lower()}", f"train.chunk_size={chunk_size}"])

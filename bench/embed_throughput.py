@@ -73,7 +73,7 @@ def main(argv):
     vocab_file = vocab.write_vocab(vocab.build_vocab(src + tgt, 8000),
                                    os.path.join(workdir, "vocab.txt"))
     preprocessor = Preprocessor(vocab_file, seq_length=FLAGS.seq_length)
-    cfg = _train_common.small_config(vocab_size=preprocessor.vocab_size,
+    cfg = _train_common.bench_config(vocab_size=preprocessor.vocab_size,
                                      seq_length=FLAGS.seq_length, global_batch=FLAGS.batch_size)
     keras.utils.set_random_seed(0)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size)

@@ -11,9 +11,9 @@ intermediate 1024), with one vocabulary learned from the shipped sample corpus, 
                      text → embeddings, tokenization in the graph), as users and TF Serving
                      run it.
   labse_memory       the in-memory Preprocessor + encoder (evaluate.encoder_embed_fn, what
-                     labse_tf.train evaluates with). Unlike the export, whose signature has
-                     a dynamic sequence length, it sees a static one, which sends Keras's
-                     einsum to the broadcasting BatchMatMulV2 (see bench/README.md).
+                     labse_tf.train evaluates with). Both it and the export cut the padding
+                     to the batch's longest sentence (preprocessing.trim_padding) and compute
+                     attention as 2-D MatMuls (labse_tf.model), so they should run alike.
   mg                 Model Garden: layers.BertTokenizer + layers.BertPackInputs (the
                      tensorflow-text BertTokenizer, lower_case=True) and networks.BertEncoder
                      inside models.DualEncoder(output="predictions", normalize=True), in one
@@ -108,7 +108,7 @@ def main(argv):
     preprocessor = Preprocessor(vocab_file, lowercase=True, seq_length=FLAGS.seq_length)
     log(f"vocabulary: {preprocessor.vocab_size} tokens from {len(sentences)} sample sentences "
         f"({time.perf_counter() - tick:.1f} s)")
-    cfg = _train_common.small_config(vocab_size=preprocessor.vocab_size,
+    cfg = _train_common.bench_config(vocab_size=preprocessor.vocab_size,
                                      seq_length=FLAGS.seq_length, global_batch=128)
     encoder = build_encoder(cfg.model, preprocessor.vocab_size, "fp32")
 

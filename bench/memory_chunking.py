@@ -68,7 +68,7 @@ def worker() -> dict:
     from labse_tf.train import make_train_step
 
     keras.utils.set_random_seed(42)
-    cfg = _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
+    cfg = _train_common.bench_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
                                      global_batch=FLAGS.batch, chunk_size=FLAGS.chunk)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     batches = _train_common.random_batches(2, FLAGS.batch, FLAGS.seq_length, FLAGS.vocab_size)

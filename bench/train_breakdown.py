@@ -86,7 +86,7 @@ def _repeat(fn):
 
 
 def labse_parts(precision: str, jit: bool, experiment: str, constant_batch: dict) -> dict:
-    cfg = _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
+    cfg = _train_common.bench_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
                                      global_batch=FLAGS.global_batch, precision=precision,
                                      jit=jit)
     encoder = build_encoder(cfg.model, cfg.model.vocab_size, precision)
@@ -130,7 +130,7 @@ def labse_parts(precision: str, jit: bool, experiment: str, constant_batch: dict
 
 
 def model_garden_parts(batch: dict) -> dict:
-    cfg = _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
+    cfg = _train_common.bench_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
                                      global_batch=FLAGS.global_batch)
     model, optimizer, loss_fn = _train_common.model_garden(cfg, FLAGS.seq_length)
     inputs = _train_common.model_garden_inputs(batch)

@@ -1,7 +1,17 @@
-r"""Training throughput (pairs/s) of labse_tf against Model Garden at the `small` shape.
+r"""Training throughput (pairs/s) of labse_tf against Model Garden, and the fraction of the
+CPU's measured matmul rate each step reaches.
 
     python -m bench.train_throughput                  # the default contenders, ~5 min loaded
     python -m bench.train_throughput --contenders=labse_fp32,labse_fp32_dynseq,mg_fp32 --windows=6
+    python -m bench.train_throughput --shape=base --contenders=labse_fp32,labse_bf16,mg_fp32
+
+Shapes: `small` (configs/small.yaml: 4 layers, hidden 256; global batch 128, sequence 32)
+and `base`, the paper's BERT-base (configs/labse_base.yaml: 12 layers, hidden 768, 12 heads,
+intermediate 3072; global batch 32, sequence 64), both with a --vocab_size vocabulary.
+In the same run, before the steps, one MatMul of the step's largest product ([tokens of a
+step, hidden] x [hidden, intermediate]) is timed in fp32 and bf16: the CPU's attainable
+rate. A step's matmul FLOPs per pair (`step_gflop_per_pair`) times its pairs/s over that
+rate is the fraction reported (model FLOPs utilisation against this CPU, not a datasheet).
 
 One training step = both sides through the encoder (training mode, dropout 0.1), the
 bidirectional in-batch softmax ranking loss (scale 20, margin 0.3), gradients, and an AdamW
@@ -38,6 +48,7 @@ from labse_tf import distribute  # noqa: E402
 distribute.set_cpu_devices(2)
 
 import math  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -84,10 +95,18 @@ RATIOS = [("labse_fp32", "mg_fp32", ">= 1.0"), ("labse_bf16", "mg_fp32", ">= 2.0
           ("labse_bf16_dynseq", "mg_fp32", None), ("labse_bf16_dynseq", "labse_bf16", None),
           ("labse_fp32_chunk64", "labse_fp32", ">= 0.65")]
 
+# shape → (config, global batch, sequence length).
+SHAPES = {"small": ("small", 128, 32), "base": ("labse_base", 32, 64)}
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("contenders", DEFAULT_CONTENDERS, f"Which to run, of {list(CONTENDERS)}.")
-flags.DEFINE_integer("global_batch", 128, "Pairs per optimizer step (all replicas).")
-flags.DEFINE_integer("seq_length", 32, "Tokens per sentence.")
+flags.DEFINE_enum("shape", "small", list(SHAPES), "small: configs/small.yaml at batch 128, "
+                  "sequence 32; base: BERT-base (configs/labse_base.yaml) at batch 32, "
+                  "sequence 64.")
+flags.DEFINE_integer("global_batch", 0, "Pairs per optimizer step (all replicas); 0: the "
+                     "shape's.")
+flags.DEFINE_integer("seq_length", 0, "Tokens per sentence; 0: the shape's.")
+flags.DEFINE_integer("matmul_windows", 3, "Timed windows of the matmul-rate measurement.")
 flags.DEFINE_integer("vocab_size", 32000, "Synthetic vocabulary size (embedding rows).")
 flags.DEFINE_integer("steps_per_window", 1, "Optimizer steps per timed window (one "
                      "tf.function call of labse_tf's loop).")
@@ -98,9 +117,40 @@ flags.DEFINE_string("output", _common.default_output(NAME), "Where to write the 
 
 
 def _config(precision: str = "fp32", jit: bool = False, chunk_size: int = 0):
-    return _train_common.small_config(vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
+    return _train_common.bench_config(config=SHAPES[FLAGS.shape][0],
+                                      vocab_size=FLAGS.vocab_size, seq_length=FLAGS.seq_length,
                                       global_batch=FLAGS.global_batch, precision=precision,
                                       jit=jit, chunk_size=chunk_size)
+
+
+def step_gflop_per_pair(cfg, seq_length: int) -> float:
+    """Matmul GFLOP of one training pair: both sides of `seq_length` tokens, backward twice
+    the forward. Per token and layer 2(4h² + 2hi) for the projections and feed-forward and
+    4sh for attention scores and mixing; embeddings, pooler and loss left out (small)."""
+    m = cfg.model
+    h, i, s = m.hidden_dim, m.intermediate_dim, seq_length
+    forward = 2 * s * m.num_layers * (2 * (4 * h * h + 2 * h * i) + 4 * s * h)
+    return 3 * forward / 1e9
+
+
+def matmul_window(m: int, k: int, n: int, precision: str, repeats: int = 10):
+    """A window function running `repeats` [m, k] x [k, n] MatMuls; returns the GFLOP."""
+    dtype = tf.bfloat16 if precision == "bf16" else tf.float32
+    a = tf.cast(tf.random.normal([m, k]), dtype)
+    b = tf.cast(tf.random.normal([k, n]), dtype)
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for _ in tf.range(repeats):  # each product is needed: one element of it is summed
+            total += tf.cast(tf.matmul(a, b)[0, 0], tf.float32)
+        return total
+
+    def window():
+        run().numpy()
+        return repeats * 2 * m * k * n / 1e9
+
+    return window
 
 
 def _check(loss: float, name: str) -> None:
@@ -174,7 +224,21 @@ def main(argv):
     # Quiet: strategy set-up chatter, and retracing warnings (one tf.function per contender).
     tf.get_logger().setLevel("ERROR")
     log = _common.log
+    _, batch, length = SHAPES[FLAGS.shape]
+    FLAGS.global_batch = FLAGS.global_batch or batch
+    FLAGS.seq_length = FLAGS.seq_length or length
     machine = _common.announce_machine()
+    cfg = _config()
+    gflop = step_gflop_per_pair(cfg, FLAGS.seq_length)
+    product = (2 * FLAGS.global_batch * FLAGS.seq_length, cfg.model.hidden_dim,
+               cfg.model.intermediate_dim)
+    log(f"shape {FLAGS.shape}: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_dim}, "
+        f"batch {FLAGS.global_batch}, sequence {FLAGS.seq_length}: {gflop:.2f} GFLOP a pair; "
+        f"timing the MatMul {list(product[:2])} x {list(product[1:])}")
+    matmul, _ = _common.interleaved(
+        {p: matmul_window(*product, p) for p in ("fp32", "bf16")},
+        windows=FLAGS.matmul_windows, warmup=1, label="GFLOP")
+    matmul = {p: statistics.median(r) for p, r in matmul.items()}
     keras.utils.set_random_seed(42)
     batches = _train_common.random_batches(FLAGS.distinct_batches, FLAGS.global_batch,
                                            FLAGS.seq_length, FLAGS.vocab_size)
@@ -203,13 +267,21 @@ def main(argv):
     rates, cpu_rates = _common.interleaved(contenders, windows=FLAGS.windows,
                                            warmup=FLAGS.warmup, label="pairs")
     report = _common.rate_report(rates, cpu_rates, RATIOS, unit="pairs/s", notes=notes)
+    utilisation = {name: statistics.median(r) * gflop / matmul[
+        CONTENDERS[name][0] if CONTENDERS[name] else "fp32"] for name, r in rates.items()}
+    log(_common.table(["contender", "step GFLOP/s", "of the MatMul rate"],
+                      [[n, f"{statistics.median(rates[n]) * gflop:.1f}", f"{u:.1%}"]
+                       for n, u in utilisation.items()]))
+    log(f"MatMul rate: fp32 {matmul['fp32']:.1f}, bf16 {matmul['bf16']:.1f} GFLOP/s")
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     _common.write_results({
         "benchmark": NAME, "machine": machine,
-        "setup": {"global_batch": FLAGS.global_batch, "seq_length": FLAGS.seq_length,
+        "setup": {"shape": FLAGS.shape, "global_batch": FLAGS.global_batch, "seq_length": FLAGS.seq_length,
                   "vocab_size": FLAGS.vocab_size, "steps_per_window": FLAGS.steps_per_window,
                   "windows": FLAGS.windows, "warmup": FLAGS.warmup,
-                  "model": "configs/small.yaml"},
+                  "model": f"configs/{SHAPES[FLAGS.shape][0]}.yaml",
+                  "gflop_per_pair": round(gflop, 3), "matmul_shape": product},
+        "matmul_gflop_per_second": matmul, "matmul_utilisation": utilisation,
         "pairs_per_second": report["rates"], "ratios": report["ratios"], "notes": notes},
         FLAGS.output)
 
