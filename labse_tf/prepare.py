@@ -4,8 +4,9 @@ r"""Prepares a corpus at scale on Apache Beam: validate, clean, count, shard, le
         [--exclude=gs://b/test/tatoeba.deu ...] [--vocab_size=501153] \
         [--runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp ...]
 
-Reads every format training reads (corpus.py), from any filesystem TensorFlow reaches,
-and writes what training reads best; `--train_data=DIR` trains on it with no other step:
+Reads every format training reads (corpus.py; a prepared directory stands for its shards,
+so a corpus can be prepared again, e.g. against a new --exclude), from any filesystem
+TensorFlow reaches, and writes what training reads best; `--train_data=DIR` trains on it with no other step:
 
     DIR/manifest.json     the corpus manifest: each shard and its pairs per language, and
                           (`preparation`) the inputs as counted, malformed and dropped pairs
@@ -465,17 +466,21 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
 
     Raises:
       DataError: an input or exclude path is missing, or a glob matches no file (naming
-        it), or no valid pair was kept; an argument is neither prepare's nor Beam's; the
+        it), or an input is inside `output`, or no valid pair was kept; an argument is neither prepare's nor Beam's; the
         shard size is not positive.
     """
     start = time.time()
     if not cfg.shard_mb > 0:
         raise DataError(f"--shard_mb must be > 0, got {cfg.shard_mb:g}")
+    paths, _ = corpus.resolve_inputs(inputs)  # a prepared corpus stands for its shards
     try:
-        paths = files.expand(inputs, what="input")
         exclude_paths = files.expand(exclude, what="exclude") if exclude else []
     except files.FileError as e:
         raise DataError(str(e)) from None
+    inside = files.absolute(output).rstrip("/") + "/"
+    if any(files.absolute(path).startswith(inside) for path in paths):
+        raise DataError(f"{output}: the output holds inputs, which the run would replace; "
+                        "write to another directory")
     cli.log(f"prepare: {len(paths)} input file(s) → {output} (runner {runner})")
     excluded = _exclude_set(exclude_paths, cfg.lowercase or cfg.compare_lowercase)
     if exclude_paths:
@@ -520,7 +525,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     defaults = PrepareConfig()
     flags.DEFINE_multi_string("input", None, "Translation-pair files or globs (TSV, .gz, "
-                              "TFRecord), on any filesystem TensorFlow reaches. Repeatable.")
+                              "TFRecord) or one prepared directory, on any filesystem "
+                              "TensorFlow reaches. Repeatable.")
     flags.DEFINE_string("output", None, "Output directory (a rerun replaces its shards).")
     flags.DEFINE_multi_string("exclude", [], "Files of sentences (one a line; each field of "
                               "a tab-separated line) whose pairs are dropped. Repeatable.")

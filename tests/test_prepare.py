@@ -208,6 +208,17 @@ def test_urls_in_and_out(raw, prepared):
     assert tf.io.gfile.exists("ram://prepared/malformed.txt")
 
 
+def test_a_prepared_corpus_is_an_input_but_not_its_own_output(prepared, tmp_path):
+    out, _ = prepared
+    again = prepare.prepare([str(out)], str(tmp_path / "again"))
+    assert again["dropped"] == {"excluded": 0, "duplicates": 0}
+    assert corpus.read_manifest(str(tmp_path / "again" / "manifest.json")).counts() == (
+        corpus.read_manifest(str(out / "manifest.json")).counts())
+    with pytest.raises(corpus.DataError, match="the output holds inputs"):
+        prepare.prepare([str(tmp_path / "again")], str(tmp_path / "again"))
+    assert (tmp_path / "again" / "manifest.json").exists()
+
+
 def test_small_files_share_a_reader_and_big_ones_have_their_own():
     paths = ["a", "b", "c", "d", "e"]
     assert prepare.file_groups(paths, [1, 1, 1, 1, 1], max_files=2, max_bytes=100) == [
