@@ -137,6 +137,17 @@ def test_pretraining_refuses_a_time_budget(tmp_path):
                           train_patterns=[data.sample_corpus_path("train")])
 
 
+def test_a_bad_language_group_is_a_one_line_error(tmp_path, vocab_file):
+    out = subprocess.run([sys.executable, "-m", "labse_tf.pretrain", f"--model_dir={tmp_path}",
+                          "--strategy=mirrored", "--cpu_replicas=2", "--set",
+                          "data.language_group=32", "--set", f"data.vocab_file={vocab_file}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 1
+    assert ("error: data.language_group: 32 does not divide the batch of each of the 2 "
+            "replicas (16 pairs)") in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_stack_layers_repeats_the_old_stack():
     small = config_lib.ModelConfig(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32)
     source = pretrain.build_masked_lm(small, 50)
