@@ -6,7 +6,8 @@ r"""Prepares a corpus at scale on Apache Beam: validate, clean, count, shard, le
 
 Reads every format training reads (corpus.py; a prepared directory stands for its shards,
 so a corpus can be prepared again, e.g. against a new --exclude), from any filesystem
-TensorFlow reaches, and writes what training reads best; `--train_data=DIR` trains on it with no other step:
+TensorFlow reaches, and writes what training reads best; `--train_data=DIR` trains on it
+with no other step:
 
     DIR/manifest.json     the corpus manifest: each shard and its pairs per language, and
                           (`preparation`) the inputs as counted, malformed and dropped pairs
@@ -32,8 +33,8 @@ pseudo-random sample of its language, the same on any runner; a shard is sorted 
 worker's memory). With --vocab_size the words of all kept sentences are counted per
 language in the pipeline, smoothed (`vocab.smoothed_word_counts`: each language weighted
 as the sample of --vocab_sentences that `labse_tf.vocab` takes, p(lang) ∝ n^alpha, the
-smallest weight 1, so no word of the corpus rounds away) and learned from (`vocab.learn_vocab`). Only the
---max_words most frequent words of each language reach the learner (bounded memory), which
+smallest weight 1, so no word of the corpus rounds away) and learned from
+(`vocab.learn_vocab`). Only the --max_words most frequent words of each language reach the learner (bounded memory), which
 keeps the --max_words most frequent of all anyway; when a language has more distinct words
 than that, the learner's alphabet (--max_unique_chars, picked from the character counts of
 the words it is given) and its threshold search start from the top words only, and a word
@@ -168,9 +169,8 @@ class _ReadFiles(beam.DoFn):
 
     Main output: ((lang, src, tgt), text) with src, tgt the compared forms (bytes) and text
     the pair as written when that differs (compared case-folded, written not), else None.
-    Tagged outputs: `malformed`
-    (`file:line: why`), `excluded` ((lang, pairs) per file) and `input` (each file's
-    FileEntry as JSON: valid pairs per language, malformed lines).
+    Tagged outputs: `malformed` (`file:line: why`), `excluded` ((lang, pairs) per file) and
+    `input` (each file's FileEntry as JSON: valid pairs per language, malformed lines).
     """
 
     def __init__(self, cfg: PrepareConfig, exclude: frozenset):
@@ -466,8 +466,8 @@ def prepare(inputs, output: str, *, exclude=(), cfg: PrepareConfig = PrepareConf
 
     Raises:
       DataError: an input or exclude path is missing, or a glob matches no file (naming
-        it), or an input is inside `output`, or no valid pair was kept; an argument is neither prepare's nor Beam's; the
-        shard size is not positive.
+        it), or an input is inside `output`, or no valid pair was kept; an argument is
+        neither prepare's nor Beam's; the shard size is not positive.
     """
     start = time.time()
     if not cfg.shard_mb > 0:
@@ -559,8 +559,8 @@ def define_flags():
 
 def main(argv):
     cfg = PrepareConfig(lowercase=FLAGS.lowercase, compare_lowercase=FLAGS.compare_lowercase,
-                        shard_mb=FLAGS.shard_mb,
-                        vocab_size=FLAGS.vocab_size, vocab_lowercase=FLAGS.vocab_lowercase,
+                        shard_mb=FLAGS.shard_mb, vocab_size=FLAGS.vocab_size,
+                        vocab_lowercase=FLAGS.vocab_lowercase,
                         alpha=FLAGS.alpha, vocab_sentences=FLAGS.vocab_sentences,
                         max_words=FLAGS.max_words, max_unique_chars=FLAGS.max_unique_chars,
                         coverage_sentences=FLAGS.coverage_sentences)

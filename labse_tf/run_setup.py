@@ -16,8 +16,7 @@ from labse_tf.preprocessing import Preprocessor
 from labse_tf.rundir import CHECKPOINT_DIR, MANIFEST_FILE
 
 __all__ = ["DEFAULT_MODEL_DIR", "config_and_strategy", "data_sampling", "define_run_flags",
-           "distributed_batches",
-           "pipeline_batches", "prepare_run"]
+           "distributed_batches", "pipeline_batches", "prepare_run"]
 
 DEFAULT_MODEL_DIR = os.path.join("runs", "demo")  # a local default; any URL may be given
 
