@@ -11,15 +11,14 @@ within each --eval_data language (ntrex-dev here), both the mean of both directi
 languages. Each run becomes one entry of --output (an entry of the same name is replaced):
 its config, the CPU, and (step, pairs seen, minutes since the loop started, both
 accuracies) per evaluation. Every entry is then plotted to the PNG beside the JSON. The
-minutes include the evaluations before each point, so compare them only between runs with
+minutes count from the run's first summary and include the evaluations before each point
+(and, for a resumed run, the time it was stopped), so compare them only between runs with
 the same evaluation schedule.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import json  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -45,7 +44,11 @@ def _define_flags() -> None:
 
 def read_curve(model_dir: str) -> dict:
     """A run's config and its evaluation points, from config.yaml and the eval/ summaries."""
-    cfg = config_lib.load_config(files.join(model_dir, rundir.CONFIG_FILE))
+    config_path = files.join(model_dir, rundir.CONFIG_FILE)
+    if not files.exists(config_path):
+        raise SystemExit(f"{model_dir}: no {rundir.CONFIG_FILE} (is it a labse_tf.train run "
+                         "directory?)")
+    cfg = config_lib.load_config(config_path)
     events = files.glob(files.join(model_dir, rundir.SUMMARIES_DIR, "events.out.tfevents.*"))
     if not events:
         raise SystemExit(f"{model_dir}: no summaries (is it a labse_tf.train run directory?)")
@@ -104,7 +107,7 @@ def main(argv) -> None:
         runs.append((name, model_dir))
     if not runs:
         raise SystemExit("give at least one --run=NAME=MODEL_DIR")
-    entries = json.loads(files.read_text(FLAGS.output))["entries"] if files.exists(FLAGS.output) else []
+    entries = files.read_json(FLAGS.output)["entries"] if files.exists(FLAGS.output) else []
     machine = _common.machine_info()
     for name, model_dir in runs:
         entry = {"name": name, "model_dir": model_dir, "cpu": machine["cpu"],

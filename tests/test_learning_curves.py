@@ -9,12 +9,16 @@ from labse_tf import config as config_lib, data, train
 
 def test_curve_points_are_the_runs_evaluations(tmp_path, vocab_file):
     heldout, _ = data.read_pairs([data.sample_corpus_path("heldout")])
+    one_language = data.Pairs(heldout.langs[:1], heldout.src[:1], heldout.tgt[:1])
     cfg = config_lib.load_config("tiny", ["train.steps=20", "train.eval_every=10",
                                           f"data.vocab_file={vocab_file}"])
     summary = train.train(cfg, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
                           model_dir=str(tmp_path / "run"),
                           train_patterns=[data.sample_corpus_path("train")],
-                          eval_sets={"heldout": heldout, "tatoeba": heldout}, log=lambda m: None)
+                          eval_sets={"heldout": heldout, "tatoeba": one_language},
+                          log=lambda m: None)
+    # The two sets score differently, so a swapped tag → name mapping would show.
+    assert any(e["heldout_accuracy"] != e["tatoeba_accuracy"] for e in summary["evaluations"])
     curve = learning_curves.read_curve(str(tmp_path / "run"))
     assert curve["config"]["train"]["eval_every"] == 10
     assert [p["step"] for p in curve["points"]] == [10, 20]
@@ -32,3 +36,8 @@ def test_curve_points_are_the_runs_evaluations(tmp_path, vocab_file):
 def test_a_run_without_evaluations_is_refused(tiny_run):
     with pytest.raises(SystemExit, match="no evaluations"):
         learning_curves.read_curve(tiny_run)
+
+
+def test_a_directory_that_is_no_run_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="no config.yaml"):
+        learning_curves.read_curve(str(tmp_path))
